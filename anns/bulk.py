@@ -1,0 +1,304 @@
+"""Bulk build: a collection from a (possibly larger than RAM) matrix, in bounded memory.
+
+Stages, each streaming over the memory-mapped input in chunks of ``CHUNK_BYTES``:
+
+1. **train** on a sample: hierarchical balanced clustering places ~n / posting_size centroids,
+   and the codec is fitted;
+2. **assign**: every vector gets its postings (nearest centroid plus closure replicas filtered
+   by the RNG rule); a posting whose own vectors exceed ``max_posting_size`` is split and the
+   pass repeats;
+3. **cap**: replicas beyond ``max_posting_size`` are dropped, farthest first;
+4. **write**: full vectors and per-id records in input order, then postings in posting order,
+   in large WriteBatches with the WAL off; the collection is marked ready only after a flush,
+   so an interrupted build is detected on open (IncompleteBuildError).
+
+What stays in RAM grows with the number of postings and with n * replica_cap small integers,
+never with n * dim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from anns.config import IndexConfig, StorageConfig, validated
+from anns.errors import DimensionMismatchError, DTypeError, InvalidArgumentError
+from anns.formats import open_ids, open_matrix
+from anns.index import STATE_BUILDING, STATE_READY
+from anns.quantization import make_codec
+from anns.routing import Router, balanced_clusters
+from anns.storage import Storage, encode_posting, encode_record
+from anns.vectors import as_ids, as_vectors
+
+log = logging.getLogger(__name__)
+
+#: Bytes of input vectors handled at once by the streaming passes.
+CHUNK_BYTES = 32 << 20
+#: Bytes of values put in one WriteBatch while writing.
+BATCH_BYTES = 64 << 20
+#: Assignment passes before oversized postings are left to the replica cap.
+MAX_SPLIT_ROUNDS = 4
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """Figures of one bulk build (what ``anns build`` prints as one JSON line)."""
+
+    n: int
+    dim: int
+    postings: int
+    posting_len_min: int
+    posting_len_median: float
+    posting_len_max: int
+    mean_replicas: float
+    build_seconds: float
+    peak_rss_mb: float
+    disk_bytes: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def build(
+    path: str | os.PathLike[str],
+    vectors: Any,
+    ids: Any = None,
+    config: IndexConfig | dict[str, Any] | None = None,
+    *,
+    storage: StorageConfig | None = None,
+    progress: bool = False,
+) -> BuildSummary:
+    """Build a collection at ``path`` (new or empty directory) from ``vectors``.
+
+    ``vectors``: a float array [n, d] or the path of a .npy/.fvecs file (memory-mapped).
+    ``ids``: int64 [n] array or .npy path; default: row numbers. ``config``: an IndexConfig or
+    a dict of its fields (``dim`` is taken from the data). On any error the directory is
+    removed again, so a failed build leaves nothing behind.
+    """
+    started = time.perf_counter()
+    x = open_matrix(vectors) if isinstance(vectors, (str, os.PathLike)) else np.asarray(vectors)
+    if x.ndim != 2:
+        raise DimensionMismatchError(f"vectors must be a 2-D array [n, d], got shape {x.shape}")
+    if x.dtype.kind not in "fiu":
+        raise DTypeError(f"vectors must be a float or integer array, got dtype {x.dtype}")
+    n, dim = x.shape
+    if n == 0:
+        raise InvalidArgumentError("cannot build a collection from zero vectors")
+    cfg = _resolve_config(config, dim)
+    if ids is None:
+        id_array = np.arange(n, dtype=np.int64)
+    else:
+        raw_ids = open_ids(ids) if isinstance(ids, (str, os.PathLike)) else ids
+        id_array = as_ids(np.asarray(raw_ids), n)
+
+    target = Path(path)
+    existed = target.exists()
+    store = Storage.create(target, storage or StorageConfig())
+    try:
+        summary = _Builder(store, cfg, x, id_array, progress).run(started)
+    except BaseException:
+        store.close()
+        if existed:
+            for child in target.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        else:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    store.close()
+    return summary
+
+
+def _resolve_config(config: IndexConfig | dict[str, Any] | None, dim: int) -> IndexConfig:
+    if isinstance(config, IndexConfig):
+        if config.dim != dim:
+            raise DimensionMismatchError(f"config dim {config.dim} does not match data dim {dim}")
+        return config
+    fields = dict(config or {})
+    if fields.get("dim", dim) != dim:
+        raise DimensionMismatchError(f"config dim {fields['dim']} does not match data dim {dim}")
+    fields["dim"] = dim
+    return validated(IndexConfig, **fields)
+
+
+class _Builder:
+    def __init__(
+        self, store: Storage, cfg: IndexConfig, x: np.ndarray, ids: np.ndarray, progress: bool
+    ) -> None:
+        self.store, self.cfg, self.x, self.ids = store, cfg, x, ids
+        self.n, self.dim = x.shape
+        self.chunk = max(1, CHUNK_BYTES // (4 * self.dim))
+        self.progress = progress
+
+    def run(self, started: float) -> BuildSummary:
+        cfg = self.cfg
+        marker = self.store.batch()
+        marker.put_meta("state", STATE_BUILDING)
+        marker.put_meta("config", cfg.model_dump_json().encode())
+        self.store.write(marker, sync=True)
+
+        router, codec = self._train()
+        rep, dist, router = self._assign(router)
+        posting, row = self._cap(rep, dist)
+        self._write_vectors_and_records(posting, row)
+        lengths = self._write_postings(posting, row, codec, router.size)
+
+        meta = self.store.batch()
+        meta.put_meta("router", router.to_bytes())
+        meta.put_meta("codec", codec.to_bytes())
+        meta.put_meta("count", str(self.n).encode())
+        meta.put_meta("next_id", str(int(self.ids.max()) + 1).encode())
+        self.store.write(meta, sync=True)
+        self.store.flush()
+        self.store.compact()
+        summary = BuildSummary(
+            n=self.n,
+            dim=self.dim,
+            postings=router.size,
+            posting_len_min=int(lengths.min()),
+            posting_len_median=float(np.median(lengths)),
+            posting_len_max=int(lengths.max()),
+            mean_replicas=round(len(posting) / self.n, 4),
+            build_seconds=round(time.perf_counter() - started, 3),
+            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            disk_bytes=self.store.disk_bytes(),
+        )
+        done = self.store.batch()
+        done.put_meta("build_summary", summary.to_json().encode())
+        done.put_meta("state", STATE_READY)
+        self.store.write(done, sync=True)
+        return summary
+
+    # ------------------------------------------------------------------------- stages
+    def _chunks(self, desc: str) -> Iterator[tuple[int, np.ndarray]]:
+        """Validated float32 chunks (normalised for cosine) with their start row."""
+        bar = tqdm(
+            total=self.n, desc=desc, unit="vec", unit_scale=True, disable=not self.progress,
+            leave=False,
+        )
+        for s in range(0, self.n, self.chunk):
+            block = as_vectors(self.x[s : s + self.chunk], self.dim, metric=self.cfg.metric)
+            yield s, block
+            bar.update(len(block))
+        bar.close()
+
+    def _train(self) -> tuple[Router, Any]:
+        cfg = self.cfg
+        rng = np.random.default_rng(cfg.seed)
+        size = min(self.n, cfg.train_sample)
+        rows = np.sort(rng.choice(self.n, size, replace=False)) if size < self.n else None
+        sample = as_vectors(
+            self.x[rows] if rows is not None else self.x, self.dim, metric=cfg.metric
+        )
+        # leaves of the sample scaled so that each holds ~posting_size vectors of the whole
+        leaf = max(1, round(cfg.posting_size * size / self.n))
+        log.info("clustering a sample of %d vectors into leaves of %d", size, leaf)
+        centroids, _ = balanced_clusters(
+            sample, leaf, branching=cfg.branching, iters=cfg.kmeans_iters, seed=cfg.seed
+        )
+        codec = make_codec(cfg.codec, self.dim, cfg.metric)
+        codec.train(sample)
+        return Router(centroids, cfg.centroid_index, cfg.hnsw_threshold), codec
+
+    def _assign(self, router: Router) -> tuple[np.ndarray, np.ndarray, Router]:
+        """Postings of every vector; splits postings whose own vectors exceed the cap."""
+        cfg = self.cfg
+        for round_ in range(MAX_SPLIT_ROUNDS):
+            rep = np.empty((self.n, cfg.replica_cap), dtype=np.int32)
+            dist = np.empty((self.n, cfg.replica_cap), dtype=np.float32)
+            for s, block in self._chunks(f"assign {round_ + 1}"):
+                r, d = router.replicas(block, cfg.replica_cap, cfg.eps1)
+                rep[s : s + len(block)] = r
+                dist[s : s + len(block)] = d
+            primaries = np.bincount(rep[:, 0], minlength=router.size)
+            over = np.flatnonzero(primaries > cfg.max_posting_size)
+            if not len(over) or round_ == MAX_SPLIT_ROUNDS - 1:
+                return rep, dist, router
+            router = self._split(router, rep[:, 0], over)
+        raise AssertionError("unreachable")
+
+    def _split(self, router: Router, primary: np.ndarray, over: np.ndarray) -> Router:
+        cfg = self.cfg
+        replaced: dict[int, np.ndarray] = {}
+        added: list[np.ndarray] = []
+        for pid in over.tolist():
+            rows = np.flatnonzero(primary == pid)
+            members = as_vectors(self.x[rows], self.dim, metric=cfg.metric)
+            centroids, _ = balanced_clusters(
+                members, cfg.posting_size, branching=cfg.branching, iters=cfg.kmeans_iters,
+                seed=cfg.seed + pid,
+            )
+            replaced[pid] = centroids[0]
+            added.extend(centroids[1:])
+        log.info("split %d oversized postings into %d", len(over), len(over) + len(added))
+        extra = np.array(added, dtype=np.float32).reshape(-1, self.dim)
+        return router.with_centroids(replaced, extra)
+
+    def _cap(self, rep: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(posting, row) entries after the per-posting cap, sorted by posting then row order
+        of preference (primaries first, then replicas nearest first)."""
+        rows, slots = np.nonzero(rep >= 0)
+        posting = rep[rows, slots].astype(np.int64)
+        order = np.lexsort((dist[rows, slots], slots > 0, posting))
+        posting, rows, slots = posting[order], rows[order], slots[order]
+        starts = np.searchsorted(posting, posting)  # first entry of each entry's posting
+        rank = np.arange(len(posting)) - starts
+        keep = (rank < self.cfg.max_posting_size) | (slots == 0)
+        return posting[keep], rows[keep]
+
+    def _write_vectors_and_records(self, posting: np.ndarray, row: np.ndarray) -> None:
+        by_row = np.argsort(row, kind="stable")
+        held = posting[by_row]
+        bounds = np.searchsorted(row[by_row], np.arange(self.n + 1))
+        batch, pending = self.store.batch(), 0
+        for s, block in self._chunks("write vectors"):
+            ids = self.ids[s : s + len(block)]
+            batch.put_vectors(ids, block)
+            for i, vid in enumerate(ids.tolist()):
+                batch.put_record(vid, encode_record(held[bounds[s + i] : bounds[s + i + 1]]))
+            pending += block.nbytes
+            if pending >= BATCH_BYTES:
+                self.store.write(batch, wal=False)
+                batch, pending = self.store.batch(), 0
+        self.store.write(batch, wal=False)
+
+    def _write_postings(
+        self, posting: np.ndarray, row: np.ndarray, codec: Any, n_postings: int
+    ) -> np.ndarray:
+        """Encode and write every posting; returns the length of each posting."""
+        lengths = np.bincount(posting, minlength=n_postings)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        # postings grouped so that the rows gathered for one group stay near CHUNK_BYTES
+        per_group = max(1, self.chunk)
+        bar = tqdm(total=len(posting), desc="write postings", unit="vec", unit_scale=True,
+                   disable=not self.progress, leave=False)
+        pid = 0
+        while pid < n_postings:
+            last = int(np.searchsorted(ends, starts[pid] + per_group, side="left"))
+            last = min(max(last, pid + 1), n_postings)
+            a, b = int(starts[pid]), int(ends[last - 1])
+            rows = row[a:b]
+            uniq, inverse = np.unique(rows, return_inverse=True)
+            codes = codec.encode(as_vectors(self.x[uniq], self.dim, metric=self.cfg.metric))
+            codes = codes[inverse]
+            entry_ids = self.ids[rows]
+            batch = self.store.batch()
+            for p in range(pid, last):
+                s, e = int(starts[p]) - a, int(ends[p]) - a
+                batch.put_posting(p, encode_posting(entry_ids[s:e], codes[s:e]))
+            self.store.write(batch, wal=False)
+            bar.update(b - a)
+            pid = last
+        bar.close()
+        return lengths

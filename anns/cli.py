@@ -1,0 +1,161 @@
+"""The ``anns`` command: parses flags and calls the library; prints JSON on stdout.
+
+Errors the library raises on purpose become one line on stderr and exit status 1 (2 for bad
+usage, as argparse does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anns.bulk import build
+from anns.config import SearchParams, StorageConfig, validated
+from anns.errors import AnnsError, InputFormatError
+from anns.evaluation import recall_at
+from anns.formats import open_matrix
+from anns.index import Collection
+
+
+def _storage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--block-cache-mb", type=float, default=None,
+                        help="RocksDB block cache bound in MiB (default 8)")
+    parser.add_argument("--direct-reads", action="store_true",
+                        help="read with O_DIRECT so RSS is the whole memory cost")
+
+
+def _storage_config(args: argparse.Namespace, *, read_only: bool = False) -> StorageConfig:
+    fields: dict[str, Any] = {"direct_reads": args.direct_reads, "read_only": read_only}
+    if args.block_cache_mb is not None:
+        fields["block_cache_bytes"] = int(args.block_cache_mb * (1 << 20))
+    return validated(StorageConfig, **fields)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anns", description="memory-disk hybrid vector search")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="bulk-build a collection from .npy or .fvecs")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--vectors", required=True, type=Path)
+    p.add_argument("--ids", type=Path, help=".npy of int64 ids (default: row numbers)")
+    p.add_argument("--metric", choices=["l2", "ip", "cosine"])
+    p.add_argument("--config", type=Path, help="JSON file of IndexConfig fields")
+    p.add_argument("--no-progress", action="store_true")
+    _storage_args(p)
+
+    p = sub.add_parser("search", help="batch search a collection")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--queries", required=True, type=Path)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--out", type=Path, help="write int64 [q, k] ids here (.npy)")
+    p.add_argument("--truth", type=Path, help="gt.npy: also report recall@k")
+    p.add_argument("--max-postings", type=int)
+    p.add_argument("--eps2", type=float)
+    p.add_argument("--refine-factor", type=float)
+    p.add_argument("--query-chunk", type=int)
+    _storage_args(p)
+
+    p = sub.add_parser("info", help="a collection's config and figures as JSON")
+    p.add_argument("dir", type=Path)
+
+    p = sub.add_parser("bench", help="benchmark against faiss (and DiskANN) on a dataset dir")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--work", type=Path, default=None, help="scratch directory for indexes")
+    p.add_argument("--diskann", action="store_true",
+                   help="also run DiskANN (creates its own venv on first use; minutes)")
+    p.add_argument("--quick", action="store_true", help="fewer sweep points")
+    p.add_argument("--systems", default=None, help="comma-separated subset of systems")
+    return parser
+
+
+def _cmd_build(args: argparse.Namespace) -> None:
+    config: dict[str, Any] = {}
+    if args.config:
+        try:
+            config = json.loads(args.config.read_text())
+        except (OSError, ValueError) as e:
+            raise InputFormatError(f"{args.config}: not a JSON config file ({e})") from e
+    if args.metric:
+        config["metric"] = args.metric
+    summary = build(
+        args.dir, args.vectors, args.ids, config,
+        storage=_storage_config(args), progress=not args.no_progress,
+    )
+    print(summary.to_json())
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    knobs = {
+        name: getattr(args, name)
+        for name in ("max_postings", "eps2", "refine_factor", "query_chunk")
+        if getattr(args, name) is not None
+    }
+    params = validated(SearchParams, **knobs)
+    queries = np.asarray(open_matrix(args.queries))
+    with Collection.open(args.dir, _storage_config(args, read_only=True)) as coll:
+        t0 = time.perf_counter()
+        result = coll.search(queries, args.k, params, return_stats=True)
+        seconds = time.perf_counter() - t0
+    if args.out:
+        np.save(args.out, result.ids)
+    stats = result.stats
+    report: dict[str, Any] = {
+        "queries": len(queries), "k": args.k, "seconds": round(seconds, 4),
+        "qps": round(len(queries) / seconds, 1) if seconds else None,
+    }
+    if stats is not None:
+        q = max(stats.queries, 1)
+        report.update(
+            postings_probed_per_query=round(stats.postings_probed / q, 2),
+            bytes_read_per_query=round(stats.bytes_read / q),
+            candidates_per_query=round(stats.candidates_scored / q, 1),
+        )
+    if args.truth:
+        truth = np.load(args.truth)
+        report[f"recall@{args.k}"] = round(recall_at(result.ids, truth, args.k), 4)
+    print(json.dumps(report))
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    with Collection.open(args.dir, StorageConfig(read_only=True)) as coll:
+        print(json.dumps(coll.info(), indent=2))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from bench.run import run_bench  # the benchmark harness ships beside the library
+
+    run_bench(
+        args.dataset, out=args.out, work=args.work, diskann=args.diskann, quick=args.quick,
+        systems=args.systems.split(",") if args.systems else None,
+    )
+
+
+_COMMANDS = {"build": _cmd_build, "search": _cmd_search, "info": _cmd_info, "bench": _cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr,
+    )
+    try:
+        _COMMANDS[args.command](args)
+    except AnnsError as e:
+        print(f"anns: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

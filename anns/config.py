@@ -1,0 +1,150 @@
+"""Configuration: frozen pydantic models, each knob documented with what raising it costs.
+
+Three scopes, three models:
+
+* :class:`IndexConfig` is fixed when a collection is created or built and stored with it
+  (dimension, metric, how postings are formed and what they hold).
+* :class:`StorageConfig` is chosen each time a collection is opened (memory budget, I/O mode).
+* :class:`SearchParams` may change with every search call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from anns.errors import InvalidArgumentError
+
+Metric = Literal["l2", "ip", "cosine"]
+CodecName = Literal["sq8", "flat"]
+CentroidIndexKind = Literal["auto", "flat", "hnsw"]
+
+#: Largest k a search accepts. Results are materialised as dense [q, k] arrays and every
+#: query reranks at least k full vectors, so k is a memory and I/O multiplier.
+MAX_K = 1024
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_M = TypeVar("_M", bound=_Frozen)
+
+
+class IndexConfig(_Frozen):
+    """How a collection is laid out. Fixed at create/build time and stored with it."""
+
+    dim: int = Field(gt=0, le=65536)
+    """Vector dimension."""
+
+    metric: Metric = "l2"
+    """``l2``: squared Euclidean distance, smaller is closer. ``ip``: inner product, larger is
+    closer. ``cosine``: vectors and queries are L2-normalised on the way in and scored by inner
+    product (cosine similarity), larger is closer; stored vectors are the normalised ones."""
+
+    posting_size: int = Field(default=32, ge=1, le=100_000)
+    """Target number of vectors whose *nearest* centroid is a posting's (the clustering leaf
+    limit); the number of centroids kept in RAM is about n / posting_size. Raising it shrinks RAM
+    and routing time but makes every probed posting a bigger read and scan."""
+
+    max_posting_size: int = Field(default=128, ge=1, le=1_000_000)
+    """Hard cap on entries (primaries plus replicas) in one posting: bounds the bytes of one
+    disk read. Replicas that would exceed it are dropped, farthest first; a posting whose own
+    vectors exceed it (after inserts) is split in two."""
+
+    replica_cap: int = Field(default=8, ge=1, le=64)
+    """Most postings one vector may be stored in (closure replication). Raising it can raise
+    recall of boundary vectors at the cost of disk space and bytes scanned per posting."""
+
+    eps1: float = Field(default=0.1, ge=0.0, le=10.0)
+    """Closure replication: a vector also joins posting j when dist(x, c_j) <= (1 + eps1) *
+    dist(x, c_1) (true Euclidean distances), subject to the RNG rule and replica_cap."""
+
+    codec: CodecName = "sq8"
+    """What postings hold for the scan. ``sq8``: one byte per dimension (faiss 8-bit scalar
+    quantizer trained at build), a quarter of the bytes read of ``flat`` (float32); the exact
+    rerank on full vectors repairs its ranking error."""
+
+    train_sample: int = Field(default=200_000, ge=1_000)
+    """Rows sampled from the input to train clustering and the codec. More rows place centroids
+    better and cost build time and memory (sample rows * dim * 4 bytes)."""
+
+    kmeans_iters: int = Field(default=12, ge=1, le=200)
+    """k-means iterations per split of the hierarchical balanced clustering."""
+
+    branching: int = Field(default=32, ge=2, le=1024)
+    """Fan-out of each hierarchical split: fewer levels (faster build) when larger."""
+
+    centroid_index: CentroidIndexKind = "auto"
+    """The RAM index over centroids. ``flat`` is exact and fastest for a few thousand
+    centroids; ``hnsw`` (faiss IndexHNSWFlat) wins beyond ``hnsw_threshold`` centroids at some
+    routing recall and about 2x the centroid memory; ``auto`` picks by count."""
+
+    hnsw_threshold: int = Field(default=20_000, ge=1)
+    """Centroid count from which ``auto`` picks HNSW."""
+
+    seed: int = 0
+    """Seed for sampling and k-means: the same input and seed give the same collection."""
+
+    @model_validator(mode="after")
+    def _posting_bounds(self) -> IndexConfig:
+        if self.max_posting_size < self.posting_size:
+            raise ValueError(
+                f"max_posting_size {self.max_posting_size} is smaller than "
+                f"posting_size {self.posting_size}"
+            )
+        return self
+
+
+class StorageConfig(_Frozen):
+    """How a collection's RocksDB is opened. Chosen per open, not stored."""
+
+    block_cache_bytes: int = Field(default=8 << 20, ge=0)
+    """Bound of RocksDB's block cache. Postings read by repeated queries are served from it;
+    it is counted in the process's RSS. 0 disables the cache."""
+
+    direct_reads: bool = False
+    """Read SST files with O_DIRECT, bypassing the OS page cache, so that the process's RSS is
+    the whole memory cost of serving (honest figures). Off, the page cache holds recently read
+    postings outside the process, which speeds repeated reads on a machine with spare RAM."""
+
+    read_only: bool = False
+    """Open without write access (several processes may then read one collection)."""
+
+
+class SearchParams(_Frozen):
+    """Knobs of one search call. Defaults favour recall@10 around 0.95 on typical data."""
+
+    max_postings: int = Field(default=48, ge=1, le=100_000)
+    """Cap on postings probed per query (``nprobe``). Raising it raises recall and the bytes
+    read and scanned per query."""
+
+    eps2: float = Field(default=0.6, ge=0.0, le=100.0)
+    """Query-aware dynamic pruning: probe posting j only if dist(q, c_j) <= (1 + eps2) *
+    dist(q, c_1). Smaller prunes harder: easy queries then read fewer postings."""
+
+    refine_factor: float = Field(default=4.0, ge=1.0, le=1000.0)
+    """Candidates reranked on full vectors per query = ceil(k * refine_factor). Raising it
+    repairs more of the codec's ranking error, at one full-vector read per extra candidate."""
+
+    query_chunk: int = Field(default=256, ge=1, le=1_000_000)
+    """Queries processed together (posting-major). Larger chunks share more posting reads
+    between queries; the fetched postings of one chunk are held in memory at once."""
+
+    def rerank_depth(self, k: int) -> int:
+        """Number of candidates reranked exactly for a search of ``k`` neighbours."""
+        return max(k, int(-(-k * self.refine_factor // 1)))
+
+
+def validated(model: type[_M], **fields: Any) -> _M:
+    """Build a config model, turning pydantic's ValidationError into InvalidArgumentError
+    whose message names each bad field and why."""
+    try:
+        return model(**fields)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or model.__name__}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise InvalidArgumentError(f"invalid {model.__name__}: {problems}") from None

@@ -1,0 +1,90 @@
+"""Input files for bulk jobs: .npy and .fvecs, memory-mapped so inputs larger than RAM work.
+
+Only the header is trusted after it is checked against the file size; rows are read lazily by
+whoever slices the returned array (bulk jobs take them in bounded chunks).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from anns.errors import InputFormatError, NotFoundError
+
+SUPPORTED = (".npy", ".fvecs")
+
+
+def open_matrix(path: str | os.PathLike[str]) -> np.ndarray:
+    """Memory-map a 2-D float matrix from ``.npy`` or ``.fvecs``.
+
+    Returns a read-only array of shape [n, d] backed by the file (for .fvecs a strided float32
+    view that skips each row's dimension header). Raises InputFormatError when the file is not
+    what its extension says, NotFoundError when it does not exist.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"input file {p} does not exist")
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        arr = _open_npy(p)
+    elif suffix == ".fvecs":
+        arr = _open_fvecs(p)
+    else:
+        raise InputFormatError(f"{p}: unsupported extension {suffix!r}; use one of {SUPPORTED}")
+    if arr.ndim != 2:
+        raise InputFormatError(f"{p}: expected a 2-D matrix [n, d], got shape {arr.shape}")
+    return arr
+
+
+def open_ids(path: str | os.PathLike[str]) -> np.ndarray:
+    """Memory-map a 1-D integer id array from ``.npy`` (validated later by the gate)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"ids file {p} does not exist")
+    if p.suffix.lower() != ".npy":
+        raise InputFormatError(f"{p}: ids must be a .npy file of integers")
+    arr = _open_npy(p)
+    if arr.ndim != 1:
+        raise InputFormatError(f"{p}: ids must be 1-D, got shape {arr.shape}")
+    return arr
+
+
+def _open_npy(p: Path) -> np.ndarray:
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputFormatError(f"{p}: not a valid .npy file ({e})") from e
+    if not isinstance(arr, np.ndarray):
+        raise InputFormatError(f"{p}: not a .npy array file")
+    return arr
+
+
+def _open_fvecs(p: Path) -> np.ndarray:
+    size = p.stat().st_size
+    if size < 4:
+        raise InputFormatError(f"{p}: too short to be .fvecs ({size} bytes)")
+    d = int(np.fromfile(p, dtype="<i4", count=1)[0])
+    row_bytes = 4 * (d + 1)
+    if d <= 0 or d > 1 << 20 or size % row_bytes:
+        raise InputFormatError(
+            f"{p}: not a valid .fvecs file (dim header {d}, {size} bytes is not a whole number "
+            "of rows)"
+        )
+    n = size // row_bytes
+    raw = np.memmap(p, dtype="<i4", mode="r", shape=(n, d + 1))
+    # Every row repeats the dimension; check them in bounded chunks (a wrong file fails here).
+    for s in range(0, n, 1 << 16):
+        if (raw[s : s + (1 << 16), 0] != d).any():
+            raise InputFormatError(f"{p}: row headers disagree with dim {d}: not .fvecs")
+    return raw.view("<f4")[:, 1:]
+
+
+def write_fvecs(path: str | os.PathLike[str], x: np.ndarray) -> None:
+    """Write float32 [n, d] as .fvecs (each row prefixed by its dimension as int32)."""
+    x = np.ascontiguousarray(x, dtype="<f4")
+    out = np.empty((x.shape[0], x.shape[1] + 1), dtype="<f4")
+    out[:, 0] = np.array([x.shape[1]], dtype="<i4").view("<f4")[0]
+    out[:, 1:] = x
+    out.tofile(path)

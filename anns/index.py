@@ -1,0 +1,418 @@
+"""A collection: lifecycle and the write path (validate -> route -> encode -> store).
+
+Writes to one collection are serialised by a lock; each call is one atomic WriteBatch, so a
+call's effect is all there or not at all, and a returned call is durable (RocksDB WAL).
+Searches run concurrently with each other and with writes: they capture a :class:`ReadView`
+once and writers swap in a new one after their batch is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anns.config import IndexConfig, SearchParams, StorageConfig, validated
+from anns.errors import (
+    CollectionClosedError,
+    CorruptCollectionError,
+    EmptyCollectionError,
+    FailedPreconditionError,
+    IdExistsError,
+    IncompleteBuildError,
+    NotFoundError,
+)
+from anns.quantization import Codec, load_codec, make_codec
+from anns.routing import Router, balanced_clusters
+from anns.search import ReadView, SearchResult, search
+from anns.storage import (
+    FORMAT_VERSION,
+    TOMBSTONE,
+    Batch,
+    Storage,
+    decode_posting,
+    decode_record,
+    encode_posting,
+    encode_record,
+)
+from anns.vectors import as_ids, as_vectors, check_k
+
+log = logging.getLogger(__name__)
+
+STATE_BUILDING, STATE_READY = b"building", b"ready"
+
+
+class Collection:
+    """A vector collection stored in one directory.
+
+    Open with :meth:`open` or :meth:`create` (or build one with :func:`anns.build`); use as a
+    context manager or call :meth:`close`. Methods take and return numpy arrays; vectors are
+    float32 [n, dim], ids int64 [n] (non-negative).
+    """
+
+    def __init__(self, storage: Storage, config: IndexConfig) -> None:
+        self._storage = storage
+        self.config = config
+        self._lock = threading.Lock()
+        self._view: ReadView | None = None
+        self._closed = False
+        router_blob, codec_blob = storage.get_meta("router"), storage.get_meta("codec")
+        if router_blob is not None and codec_blob is not None:
+            router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
+            codec = load_codec(config.codec, config.dim, config.metric, codec_blob)
+            self._view = self._make_view(router, codec)
+
+    # ------------------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        config: IndexConfig,
+        storage: StorageConfig | None = None,
+    ) -> Collection:
+        """Create an empty collection at ``path`` (a new or empty directory).
+
+        The first :meth:`add` trains routing and the codec on its batch; for large data prefer
+        :func:`anns.build`, which trains on a sample of everything.
+        """
+        store = Storage.create(path, storage or StorageConfig())
+        batch = store.batch()
+        batch.put_meta("config", config.model_dump_json().encode())
+        batch.put_meta("state", STATE_READY)
+        batch.put_meta("count", b"0")
+        store.write(batch)
+        return cls(store, config)
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], storage: StorageConfig | None = None
+    ) -> Collection:
+        """Open an existing collection. Raises CollectionNotFoundError, FormatVersionError,
+        IncompleteBuildError or CorruptCollectionError with the reason."""
+        store = Storage.open(path, storage or StorageConfig())
+        try:
+            state = store.get_meta("state")
+            if state == STATE_BUILDING:
+                raise IncompleteBuildError(
+                    f"collection at {store.path} is from a bulk build that did not finish; "
+                    f"delete the directory and run the build again"
+                )
+            raw = store.get_meta("config")
+            if raw is None or state != STATE_READY:
+                raise CorruptCollectionError(
+                    f"collection at {store.path} has no configuration or state record"
+                )
+            return cls(store, IndexConfig.model_validate_json(raw))
+        except BaseException:
+            store.close()
+            raise
+
+    def close(self) -> None:
+        """Flush and close the database. Further calls raise CollectionClosedError."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._storage.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------- figures
+    @property
+    def path(self) -> Path:
+        return self._storage.path
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def count(self) -> int:
+        """Number of live (stored, not deleted) vectors."""
+        self._check_open()
+        return int(self._storage.get_meta("count") or b"0")
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def info(self) -> dict[str, Any]:
+        """Configuration and figures as a JSON-ready dict."""
+        self._check_open()
+        view = self._view
+        summary = self._storage.get_meta("build_summary")
+        return {
+            "path": str(self.path),
+            "format_version": FORMAT_VERSION,
+            "config": self.config.model_dump(),
+            "count": self.count(),
+            "postings": view.router.size if view else 0,
+            "centroid_index": view.router.resolved_kind() if view else None,
+            "code_size": view.codec.code_size if view else None,
+            "centroid_bytes": int(view.router.centroids.nbytes) if view else 0,
+            "disk_bytes": self._storage.disk_bytes(),
+            "build": json.loads(summary) if summary else None,
+        }
+
+    # ----------------------------------------------------------------------------- reads
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        params: SearchParams | None = None,
+        *,
+        return_stats: bool = False,
+        **knobs: Any,
+    ) -> SearchResult:
+        """The ``k`` nearest stored vectors of each query.
+
+        ``queries``: float [q, dim] (or one [dim] vector). ``params`` or keyword knobs
+        (``max_postings``, ``eps2``, ``refine_factor``, ``query_chunk``) tune the search. See
+        :class:`SearchResult` for the shapes, ordering and -1 padding of the result.
+        """
+        self._check_open()
+        k = check_k(k)
+        base = params.model_dump() if params else {}
+        params = validated(SearchParams, **{**base, **knobs}) if knobs else params or SearchParams()
+        q = as_vectors(queries, self.dim, metric=self.config.metric, what="query")
+        view = self._view
+        if view is None:
+            raise EmptyCollectionError(f"collection at {self.path} is empty: nothing to search")
+        ids, distances, stats = search(view, q, k, params)
+        return SearchResult(ids, distances, stats if return_stats else None)
+
+    def get(self, ids: Any) -> np.ndarray:
+        """Full stored vectors of ``ids`` as float32 [n, dim]; NotFoundError names missing ids."""
+        self._check_open()
+        ids = as_ids(ids)
+        blobs = self._storage.get_vectors(ids)
+        missing = [int(i) for i, b in zip(ids, blobs) if b is None]
+        if missing:
+            raise NotFoundError(f"{len(missing)} id(s) not stored, e.g. {missing[:5]}")
+        if not len(ids):
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), self.dim).copy()  # type: ignore[arg-type]
+
+    def contains(self, ids: Any) -> np.ndarray:
+        """bool [n]: which ids are stored (and not deleted)."""
+        self._check_open()
+        return np.array([b is not None for b in self._storage.get_vectors(as_ids(ids))], bool)
+
+    # ---------------------------------------------------------------------------- writes
+    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+        """Store new vectors; searchable as soon as the call returns.
+
+        ``ids`` default to consecutive integers after the largest id ever assigned. An id that
+        is already stored is an IdExistsError and nothing is written (use :meth:`upsert` to
+        replace). A deleted id may be added again. Returns the ids (int64 [n]).
+        """
+        return self._write(vectors, ids, replace=False)
+
+    def upsert(self, vectors: Any, ids: Any) -> np.ndarray:
+        """Store vectors, replacing any stored under the same ids (atomically). Returns ids."""
+        return self._write(vectors, ids, replace=True)
+
+    def delete(self, ids: Any) -> int:
+        """Delete ids; a deleted id is never returned by search. Unknown ids are ignored.
+
+        Returns how many stored vectors were deleted.
+        """
+        self._check_writable()
+        ids = as_ids(ids)
+        with self._lock:
+            self._check_open()
+            live, old_pids = self._live_records(ids)
+            gone = ids[live]
+            if not len(gone):
+                return 0
+            view = self._require_view()
+            batch = self._storage.batch()
+            postings = self._read_postings(np.unique(np.concatenate(old_pids)), view)
+            for pid, (pids_ids, codes) in postings.items():
+                keep = ~np.isin(pids_ids, gone)
+                batch.put_posting(pid, encode_posting(pids_ids[keep], codes[keep]))
+            tomb = encode_record(np.empty(0, np.int64), TOMBSTONE)
+            for vid in gone:
+                batch.put_record(int(vid), tomb)
+            batch.delete_vectors(gone)
+            batch.put_meta("count", str(self.count() - len(gone)).encode())
+            self._storage.write(batch)
+            return len(gone)
+
+    # ------------------------------------------------------------------------- internals
+    def _write(self, vectors: Any, ids: Any, *, replace: bool) -> np.ndarray:
+        self._check_writable()
+        x = as_vectors(vectors, self.dim, metric=self.config.metric)
+        with self._lock:
+            self._check_open()
+            if ids is None:
+                if replace:
+                    raise FailedPreconditionError("upsert needs explicit ids")
+                start = int(self._storage.get_meta("next_id") or b"0")
+                ids = np.arange(start, start + len(x), dtype=np.int64)
+            ids = as_ids(ids, len(x))
+            if not len(x):
+                return ids
+            live, old_pids = self._live_records(ids)
+            if live.any() and not replace:
+                shown = ", ".join(str(int(i)) for i in ids[live][:5])
+                raise IdExistsError(
+                    f"{int(live.sum())} id(s) already stored ({shown}); use upsert to replace"
+                )
+            batch = self._storage.batch()
+            view = self._view or self._bootstrap(x, batch)
+            router, codec = view.router, view.codec
+            cfg = self.config
+
+            rep, _ = router.replicas(x, cfg.replica_cap, cfg.eps1)
+            rows, slots = np.nonzero(rep >= 0)
+            target = rep[rows, slots]
+            touched = np.unique(np.concatenate([target, *old_pids]))
+            postings = self._read_postings(touched, view)
+            codes = codec.encode(x)
+            replaced = ids[live]
+
+            order = np.argsort(target, kind="stable")
+            bounds = np.searchsorted(target[order], touched)
+            ends = np.searchsorted(target[order], touched, side="right")
+            for pid, a, b in zip(touched.tolist(), bounds, ends):
+                cur_ids, cur_codes = postings[pid]
+                if len(replaced):
+                    keep = ~np.isin(cur_ids, replaced)
+                    cur_ids, cur_codes = cur_ids[keep], cur_codes[keep]
+                new_rows = rows[order[a:b]]
+                postings[pid] = (
+                    np.concatenate([cur_ids, ids[new_rows]]),
+                    np.concatenate([cur_codes, codes[new_rows]]),
+                )
+            router, moves = self._split_oversized(postings, router, codec)
+            rep = self._apply_moves_to_batch_rows(rep, ids, moves)
+            self._rewrite_moved_records(moves, set(ids.tolist()), batch)
+
+            for pid, (p_ids, p_codes) in postings.items():
+                batch.put_posting(pid, encode_posting(p_ids, p_codes))
+            batch.put_vectors(ids, x)
+            for vid, row in zip(ids.tolist(), rep):
+                batch.put_record(vid, encode_record(row[row >= 0]))
+            batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
+            next_id = max(int(self._storage.get_meta("next_id") or b"0"), int(ids.max()) + 1)
+            batch.put_meta("next_id", str(next_id).encode())
+            if router is not view.router:
+                batch.put_meta("router", router.to_bytes())
+            self._storage.write(batch)
+            self._view = self._make_view(router, codec)
+            return ids
+
+    def _bootstrap(self, x: np.ndarray, batch: Batch) -> ReadView:
+        """Train routing and the codec on the first batch written to an empty collection."""
+        cfg = self.config
+        centroids, _ = balanced_clusters(
+            x, cfg.posting_size, branching=cfg.branching, iters=cfg.kmeans_iters, seed=cfg.seed
+        )
+        codec = make_codec(cfg.codec, cfg.dim, cfg.metric)
+        codec.train(x)
+        router = Router(centroids, cfg.centroid_index, cfg.hnsw_threshold)
+        batch.put_meta("router", router.to_bytes())
+        batch.put_meta("codec", codec.to_bytes())
+        log.info("trained routing (%d postings) and codec on the first batch", router.size)
+        return self._make_view(router, codec)
+
+    def _split_oversized(
+        self, postings: dict[int, tuple[np.ndarray, np.ndarray]], router: Router, codec: Codec
+    ) -> tuple[Router, list[tuple[int, int, np.ndarray]]]:
+        """Split postings over max_posting_size (in place); returns the new router and moves
+        (old posting, new posting, ids moved)."""
+        cfg = self.config
+        replaced: dict[int, np.ndarray] = {}
+        added: list[np.ndarray] = []
+        moves: list[tuple[int, int, np.ndarray]] = []
+        next_pid = router.size
+        for pid in [p for p, (i, _) in postings.items() if len(i) > cfg.max_posting_size]:
+            p_ids, p_codes = postings[pid]
+            leaf = max(1, cfg.max_posting_size * 2 // 3)
+            centroids, labels = balanced_clusters(
+                codec.decode(p_codes), leaf, iters=cfg.kmeans_iters, seed=cfg.seed + pid
+            )
+            replaced[pid] = centroids[0]
+            postings[pid] = (p_ids[labels == 0], p_codes[labels == 0])
+            for j in range(1, len(centroids)):
+                postings[next_pid] = (p_ids[labels == j], p_codes[labels == j])
+                moves.append((pid, next_pid, p_ids[labels == j]))
+                added.append(centroids[j])
+                next_pid += 1
+        if not replaced:
+            return router, moves
+        log.info("split %d oversized posting(s) into %d", len(replaced), len(replaced) + len(added))
+        new = router.with_centroids(replaced, np.array(added, dtype=np.float32).reshape(-1, router.dim))
+        return new, moves
+
+    @staticmethod
+    def _apply_moves_to_batch_rows(
+        rep: np.ndarray, ids: np.ndarray, moves: list[tuple[int, int, np.ndarray]]
+    ) -> np.ndarray:
+        for old, new, moved in moves:
+            rows = np.isin(ids, moved)
+            rep[rows] = np.where(rep[rows] == old, new, rep[rows])
+        return rep
+
+    def _rewrite_moved_records(
+        self, moves: list[tuple[int, int, np.ndarray]], in_batch: set[int], batch: Batch
+    ) -> None:
+        """Records of stored vectors (not in this batch) that a split moved to a new posting."""
+        for old, new, moved in moves:
+            others = np.array([i for i in moved.tolist() if i not in in_batch], dtype=np.int64)
+            if not len(others):
+                continue
+            for vid, blob in zip(others.tolist(), self._storage.get_records(others)):
+                if blob is None:
+                    continue
+                flags, pids = decode_record(blob)
+                batch.put_record(vid, encode_record(np.where(pids == old, new, pids), flags))
+
+    def _live_records(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Which ids are stored, and the posting ids of each stored one."""
+        live = np.zeros(len(ids), dtype=bool)
+        pids: list[np.ndarray] = []
+        for i, blob in enumerate(self._storage.get_records(ids)):
+            if blob is None:
+                continue
+            flags, held = decode_record(blob)
+            if flags != TOMBSTONE:
+                live[i] = True
+                pids.append(held)
+        return live, pids
+
+    def _read_postings(
+        self, pids: np.ndarray, view: ReadView
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        code_size = view.codec.code_size
+        out = {}
+        for pid, blob in zip(pids.tolist(), self._storage.get_postings(pids)):
+            if blob is None:
+                out[pid] = (np.empty(0, np.int64), np.empty((0, code_size), np.uint8))
+            else:
+                out[pid] = decode_posting(blob, code_size)
+        return out
+
+    def _make_view(self, router: Router, codec: Codec) -> ReadView:
+        return ReadView(self._storage, router, codec, self.config.metric, self.config.dim)
+
+    def _require_view(self) -> ReadView:
+        if self._view is None:
+            raise EmptyCollectionError(f"collection at {self.path} is empty")
+        return self._view
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CollectionClosedError(f"collection at {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._storage.config.read_only:
+            raise FailedPreconditionError(f"collection at {self.path} was opened read-only")

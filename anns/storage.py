@@ -1,0 +1,284 @@
+"""The only module that knows the RocksDB layout of a collection.
+
+One collection is one directory holding one RocksDB database (through rocksdict, raw bytes)
+with four column families:
+
+==========  ===================  ==========================================================
+family      key                  value
+==========  ===================  ==========================================================
+postings    posting id, u32 BE   ids int64 LE [m] then codes uint8 [m, code_size]
+vectors     vector id, i64 BE    the full vector, float32 LE [dim]
+records     vector id, i64 BE    flags u8 (1 = tombstone) then posting ids u32 LE [r]
+meta        ascii name           format version, index config, router, codec, counters
+==========  ===================  ==========================================================
+
+Big-endian ids keep keys in numeric order. Every write of one library call goes through one
+:class:`Batch`, written as one atomic RocksDB WriteBatch: a call is durable entirely or not at
+all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rocksdict
+
+from anns.config import StorageConfig
+from anns.errors import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    CorruptCollectionError,
+    FormatVersionError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the layout above changes meaning; a collection written by another version
+#: is refused on open with both versions named.
+FORMAT_VERSION = 1
+
+POSTINGS, VECTORS, RECORDS, META = "postings", "vectors", "records", "meta"
+_FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
+_MARKER = "ANNS_COLLECTION"  # a small file naming the format, checked before RocksDB opens
+
+TOMBSTONE = 1
+
+
+def id_keys(ids: np.ndarray) -> list[bytes]:
+    """Keys of the vectors/records families for int64 ``ids`` (8-byte big-endian)."""
+    return np.ascontiguousarray(ids, dtype=">i8").view("V8").tolist()  # type: ignore[no-any-return]
+
+
+def posting_keys(pids: np.ndarray) -> list[bytes]:
+    """Keys of the postings family for posting ids (4-byte big-endian)."""
+    return np.ascontiguousarray(pids, dtype=">u4").view("V4").tolist()  # type: ignore[no-any-return]
+
+
+def encode_posting(ids: np.ndarray, codes: np.ndarray) -> bytes:
+    """Serialise one posting: int64 ids [m] followed by uint8 codes [m, code_size]."""
+    return np.ascontiguousarray(ids, dtype="<i8").tobytes() + np.ascontiguousarray(codes).tobytes()
+
+
+def decode_posting(blob: bytes, code_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_posting`: (ids int64 [m], codes uint8 [m, code_size])."""
+    m = len(blob) // (8 + code_size)
+    ids = np.frombuffer(blob, dtype="<i8", count=m)
+    codes = np.frombuffer(blob, dtype=np.uint8, offset=8 * m).reshape(m, code_size)
+    return ids, codes
+
+
+def encode_record(pids: np.ndarray, flags: int = 0) -> bytes:
+    """Serialise one per-id record: flags byte, then the posting ids holding the vector."""
+    return bytes([flags]) + np.ascontiguousarray(pids, dtype="<u4").tobytes()
+
+
+def decode_record(blob: bytes) -> tuple[int, np.ndarray]:
+    """Inverse of :func:`encode_record`: (flags, posting ids int64)."""
+    return blob[0], np.frombuffer(blob, dtype="<u4", offset=1).astype(np.int64)
+
+
+@dataclass
+class Batch:
+    """The writes of one call, applied atomically by :meth:`Storage.write`."""
+
+    storage: Storage
+
+    def __post_init__(self) -> None:
+        self._wb = rocksdict.WriteBatch(raw_mode=True)
+        self.puts = 0
+
+    def put_posting(self, pid: int, blob: bytes) -> None:
+        self._wb.put(int(pid).to_bytes(4, "big"), blob, self.storage._handles[POSTINGS])
+        self.puts += 1
+
+    def delete_posting(self, pid: int) -> None:
+        self._wb.delete(int(pid).to_bytes(4, "big"), self.storage._handles[POSTINGS])
+
+    def put_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        h = self.storage._handles[VECTORS]
+        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        for key, row in zip(id_keys(ids), rows):
+            self._wb.put(key, row.tobytes(), h)
+        self.puts += len(rows)
+
+    def delete_vectors(self, ids: np.ndarray) -> None:
+        h = self.storage._handles[VECTORS]
+        for key in id_keys(ids):
+            self._wb.delete(key, h)
+
+    def put_record(self, vid: int, blob: bytes) -> None:
+        self._wb.put(int(vid).to_bytes(8, "big"), blob, self.storage._handles[RECORDS])
+        self.puts += 1
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        self._wb.put(name.encode(), value, self.storage._handles[META])
+
+
+class Storage:
+    """A collection's RocksDB database. Thread-safe for reads; writers serialise themselves."""
+
+    def __init__(self, path: Path, db: rocksdict.Rdict, config: StorageConfig) -> None:
+        self.path = path
+        self.config = config
+        self._db = db
+        self._cfs = {name: db.get_column_family(name) for name in _FAMILIES}
+        self._handles = {name: db.get_column_family_handle(name) for name in _FAMILIES}
+
+    # ----------------------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], config: StorageConfig) -> Storage:
+        """Create an empty collection directory; refuses a directory that holds one already."""
+        p = Path(path)
+        if (p / _MARKER).exists():
+            raise CollectionExistsError(f"a collection already exists at {p}")
+        if p.exists() and any(p.iterdir()):
+            raise CollectionExistsError(f"{p} exists and is not empty; refusing to use it")
+        p.mkdir(parents=True, exist_ok=True)
+        (p / _MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION}) + "\n")
+        storage = cls(p, cls._open_db(p, config, create=True), config)
+        batch = storage.batch()
+        batch.put_meta("format_version", str(FORMAT_VERSION).encode())
+        storage.write(batch)
+        return storage
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], config: StorageConfig) -> Storage:
+        """Open an existing collection, checking its format version before anything else."""
+        p = Path(path)
+        if not p.is_dir():
+            raise CollectionNotFoundError(f"no collection at {p}: directory does not exist")
+        marker = p / _MARKER
+        if not marker.is_file():
+            raise CollectionNotFoundError(f"no collection at {p}: {_MARKER} file is missing")
+        try:
+            found = int(json.loads(marker.read_text())["format_version"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptCollectionError(f"{marker} is unreadable: {e}") from e
+        if found != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"collection at {p} has on-disk format version {found}; this anns reads "
+                f"format version {FORMAT_VERSION}"
+            )
+        storage = cls(p, cls._open_db(p, config, create=False), config)
+        stored = storage.get_meta("format_version")
+        if stored is None or int(stored) != FORMAT_VERSION:
+            storage.close()
+            raise FormatVersionError(
+                f"collection at {p} has on-disk format version "
+                f"{stored.decode() if stored else 'none'}; this anns reads format version "
+                f"{FORMAT_VERSION}"
+            )
+        return storage
+
+    @staticmethod
+    def _open_db(p: Path, config: StorageConfig, *, create: bool) -> rocksdict.Rdict:
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(create)
+        opts.create_missing_column_families(create)
+        table = rocksdict.BlockBasedOptions()
+        if config.block_cache_bytes > 0:
+            table.set_block_cache(rocksdict.Cache(config.block_cache_bytes))
+        else:
+            table.disable_cache()
+        # Index and filter blocks live in the (bounded) cache instead of unbounded heap.
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_bloom_filter(10, False)
+        opts.set_block_based_table_factory(table)
+        opts.set_use_direct_reads(config.direct_reads)
+        opts.set_max_open_files(256)
+        opts.set_write_buffer_size(16 << 20)
+        opts.set_max_background_jobs(2)
+        families = {name: _family_options(table) for name in _FAMILIES}
+        access = (
+            rocksdict.AccessType.read_only() if config.read_only else rocksdict.AccessType.read_write()
+        )
+        try:
+            return rocksdict.Rdict(
+                str(p), opts, column_families=families, access_type=access
+            )
+        except Exception as e:  # rocksdict raises bare Exception for every RocksDB status
+            raise CorruptCollectionError(f"cannot open the database of collection {p}: {e}") from e
+
+    def close(self) -> None:
+        """Flush memtables and close the database (idempotent)."""
+        if self._db is None:
+            return
+        if not self.config.read_only:
+            self._db.flush()
+        self._db.close()
+        self._db = None  # type: ignore[assignment]
+
+    @staticmethod
+    def destroy(path: str | os.PathLike[str]) -> None:
+        """Delete a collection directory (only one that carries the collection marker)."""
+        p = Path(path)
+        if not (p / _MARKER).is_file():
+            raise CollectionNotFoundError(f"no collection at {p}")
+        shutil.rmtree(p)
+
+    # ---------------------------------------------------------------------------- reads
+    def get_meta(self, name: str) -> bytes | None:
+        value = self._cfs[META].get(name.encode())
+        return value if value is None else bytes(value)
+
+    def get_postings(self, pids: np.ndarray) -> list[bytes | None]:
+        """One multi-get of the given postings; None where a posting does not exist."""
+        return self._cfs[POSTINGS].get(posting_keys(pids))  # type: ignore[no-any-return]
+
+    def get_vectors(self, ids: np.ndarray) -> list[bytes | None]:
+        """One multi-get of full vectors; None where an id is not stored."""
+        return self._cfs[VECTORS].get(id_keys(ids))  # type: ignore[no-any-return]
+
+    def get_records(self, ids: np.ndarray) -> list[bytes | None]:
+        """One multi-get of per-id records; None where an id was never stored."""
+        return self._cfs[RECORDS].get(id_keys(ids))  # type: ignore[no-any-return]
+
+    def iter_postings(self) -> Any:
+        """Iterate (posting key, blob) over every posting, in posting-id order."""
+        return self._cfs[POSTINGS].items()
+
+    # --------------------------------------------------------------------------- writes
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def write(self, batch: Batch, *, sync: bool = False, wal: bool = True) -> None:
+        """Apply a batch atomically.
+
+        With ``sync`` the WAL is fsynced before returning (durable across power loss; without
+        it a returned write survives a killed process). ``wal=False`` is for bulk builds only,
+        whose readiness marker is written after a flush.
+        """
+        opts = rocksdict.WriteOptions()
+        opts.sync = sync
+        opts.disable_wal = not wal
+        self._db.write(batch._wb, opts)
+
+    def flush(self) -> None:
+        self._db.flush()
+
+    def compact(self) -> None:
+        """Compact every column family (after a bulk load: fewer, sorted files to read)."""
+        for cf in self._cfs.values():
+            cf.compact_range(None, None)
+
+    # --------------------------------------------------------------------------- figures
+    def disk_bytes(self) -> int:
+        """Bytes the collection directory occupies on disk."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def block_cache_usage(self) -> int:
+        value = self._db.property_int_value("rocksdb.block-cache-usage")
+        return int(value or 0)
+
+
+def _family_options(table: rocksdict.BlockBasedOptions) -> rocksdict.Options:
+    opts = rocksdict.Options(raw_mode=True)
+    opts.set_block_based_table_factory(table)
+    return opts

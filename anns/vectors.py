@@ -1,0 +1,115 @@
+"""The one validation gate: everything past it may assume clean, canonical arrays.
+
+Vectors leave here float32, C-contiguous, shape [n, dim], finite (and unit-norm for the cosine
+metric); ids leave as int64 [n], non-negative and unique within the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from anns.config import MAX_K, Metric
+from anns.errors import (
+    DimensionMismatchError,
+    DTypeError,
+    DuplicateIdsError,
+    InvalidArgumentError,
+    LimitExceededError,
+    NonFiniteError,
+)
+
+#: Ids are stored as 8-byte big-endian keys; -1 is the padding value of search results.
+MAX_ID = np.iinfo(np.int64).max
+
+
+def as_vectors(x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector") -> np.ndarray:
+    """Validate ``x`` as a batch of ``dim``-dimensional vectors.
+
+    A 1-D input of length ``dim`` is taken as a batch of one. Integer and float inputs are
+    converted to float32; anything else (bool, complex, strings, objects) is a DTypeError. For
+    ``metric="cosine"`` rows are L2-normalised (a zero row is an error: it has no direction).
+
+    Returns a float32 C-contiguous array of shape [n, dim] (a copy when conversion was needed).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiu":
+        raise DTypeError(f"{what}s must be a float or integer array, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise DimensionMismatchError(
+            f"{what}s must be a 2-D array [n, {dim}], got shape {arr.shape}"
+        )
+    if arr.shape[1] != dim:
+        raise DimensionMismatchError(
+            f"{what} dim {arr.shape[1]} does not match collection dim {dim}"
+        )
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    # Checked after the conversion: float64 values beyond float32's range become inf.
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise NonFiniteError(
+            f"{what}s hold NaN or Inf (as float32) in {bad.size} row(s), first at row {bad[0]}"
+        )
+    if metric == "cosine":
+        out = normalized(out, what=what)
+    return out
+
+
+def normalized(x: np.ndarray, *, what: str = "vector") -> np.ndarray:
+    """Return the rows of float32 ``x`` scaled to unit L2 norm; zero rows are an error."""
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    if zero.any():
+        raise InvalidArgumentError(
+            f"{what} at row {int(np.flatnonzero(zero)[0])} has zero norm: "
+            "it has no direction under the cosine metric"
+        )
+    return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+
+
+def as_ids(ids: Any, n: int | None = None, *, what: str = "ids") -> np.ndarray:
+    """Validate ``ids`` as unique non-negative integers; returns int64 [n].
+
+    ``n``, when given, is the number of vectors the ids label.
+    """
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.dtype.kind not in "iu":
+        if arr.size == 0 and arr.dtype.kind == "f":
+            arr = arr.astype(np.int64)
+        else:
+            raise DTypeError(f"{what} must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise InvalidArgumentError(f"{what} must be 1-D, got shape {arr.shape}")
+    if n is not None and arr.shape[0] != n:
+        raise InvalidArgumentError(f"got {arr.shape[0]} {what} for {n} vectors")
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) > MAX_ID:
+        raise InvalidArgumentError(f"{what} must be at most {MAX_ID}, got {int(arr.max())}")
+    out = np.ascontiguousarray(arr, dtype=np.int64)
+    if out.size and int(out.min()) < 0:
+        raise InvalidArgumentError(
+            f"{what} must be non-negative (-1 marks padding in results), got {int(out.min())}"
+        )
+    if out.size > 1:
+        s = np.sort(out)
+        dup = s[1:][s[1:] == s[:-1]]
+        if dup.size:
+            shown = ", ".join(str(v) for v in np.unique(dup)[:5])
+            raise DuplicateIdsError(f"duplicate {what} in one batch: {shown}")
+    return out
+
+
+def check_k(k: Any) -> int:
+    """Validate a search's k: an integer in [1, MAX_K]."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise DTypeError(f"k must be an integer, got {type(k).__name__}")
+    if k <= 0:
+        raise InvalidArgumentError(f"k must be positive, got {k}")
+    if k > MAX_K:
+        raise LimitExceededError(f"k {k} exceeds the limit of {MAX_K}")
+    return int(k)
