@@ -150,6 +150,7 @@ class _Builder:
         router, codec = self._train()
         rep, dist, router = self._assign(router)
         posting, row = self._cap(rep, dist)
+        posting, router = self._drop_empty(posting, router)
         self._write_vectors_and_records(posting, row)
         lengths = self._write_postings(posting, row, codec, router.size)
 
@@ -157,6 +158,7 @@ class _Builder:
         meta.put_meta("router", router.to_bytes())
         meta.put_meta("codec", codec.to_bytes())
         meta.put_meta("count", str(self.n).encode())
+        meta.put_meta("entries", str(len(posting)).encode())
         meta.put_meta("next_id", str(int(self.ids.max()) + 1).encode())
         self.store.write(meta, sync=True)
         self.store.flush()
@@ -204,7 +206,7 @@ class _Builder:
         leaf = max(1, round(cfg.posting_size * size / self.n))
         log.info("clustering a sample of %d vectors into leaves of %d", size, leaf)
         centroids, _ = balanced_clusters(
-            sample, leaf, branching=cfg.branching, iters=cfg.kmeans_iters, seed=cfg.seed
+            sample, leaf, iters=cfg.kmeans_iters, seed=cfg.seed
         )
         codec = make_codec(cfg.codec, self.dim, cfg.metric)
         codec.train(sample)
@@ -235,7 +237,7 @@ class _Builder:
             rows = np.flatnonzero(primary == pid)
             members = as_vectors(self.x[rows], self.dim, metric=cfg.metric)
             centroids, _ = balanced_clusters(
-                members, cfg.posting_size, branching=cfg.branching, iters=cfg.kmeans_iters,
+                members, cfg.posting_size, iters=cfg.kmeans_iters,
                 seed=cfg.seed + pid,
             )
             replaced[pid] = centroids[0]
@@ -255,6 +257,17 @@ class _Builder:
         rank = np.arange(len(posting)) - starts
         keep = (rank < self.cfg.max_posting_size) | (slots == 0)
         return posting[keep], rows[keep]
+
+    @staticmethod
+    def _drop_empty(posting: np.ndarray, router: Router) -> tuple[np.ndarray, Router]:
+        """Remove centroids that no vector chose (they would only cost probes); renumber."""
+        used = np.unique(posting)
+        if len(used) == router.size:
+            return posting, router
+        renumber = np.full(router.size, -1, dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        log.info("dropping %d empty postings", router.size - len(used))
+        return renumber[posting], Router(router.centroids[used], router.kind, router.hnsw_threshold)
 
     def _write_vectors_and_records(self, posting: np.ndarray, row: np.ndarray) -> None:
         by_row = np.argsort(row, kind="stable")

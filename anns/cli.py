@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-postings", type=int)
     p.add_argument("--eps2", type=float)
     p.add_argument("--refine-factor", type=float)
-    p.add_argument("--query-chunk", type=int)
+    p.add_argument("--fetch-budget-mb", type=float)
     _storage_args(p)
 
     p = sub.add_parser("info", help="a collection's config and figures as JSON")
@@ -97,7 +97,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
 def _cmd_search(args: argparse.Namespace) -> None:
     knobs = {
         name: getattr(args, name)
-        for name in ("max_postings", "eps2", "refine_factor", "query_chunk")
+        for name in ("max_postings", "eps2", "refine_factor", "fetch_budget_mb")
         if getattr(args, name) is not None
     }
     params = validated(SearchParams, **knobs)

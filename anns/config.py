@@ -71,10 +71,7 @@ class IndexConfig(_Frozen):
     better and cost build time and memory (sample rows * dim * 4 bytes)."""
 
     kmeans_iters: int = Field(default=12, ge=1, le=200)
-    """k-means iterations per split of the hierarchical balanced clustering."""
-
-    branching: int = Field(default=32, ge=2, le=1024)
-    """Fan-out of each hierarchical split: fewer levels (faster build) when larger."""
+    """2-means iterations per bisection of the hierarchical balanced clustering."""
 
     centroid_index: CentroidIndexKind = "auto"
     """The RAM index over centroids. ``flat`` is exact and fastest for a few thousand
@@ -109,6 +106,10 @@ class StorageConfig(_Frozen):
     the whole memory cost of serving (honest figures). Off, the page cache holds recently read
     postings outside the process, which speeds repeated reads on a machine with spare RAM."""
 
+    io_threads: int = Field(default=64, ge=1, le=1024)
+    """Threads that issue the reads of one multi-get concurrently. Disks serve many reads in
+    flight far faster than one at a time; more threads cost a little memory and CPU."""
+
     read_only: bool = False
     """Open without write access (several processes may then read one collection)."""
 
@@ -128,9 +129,11 @@ class SearchParams(_Frozen):
     """Candidates reranked on full vectors per query = ceil(k * refine_factor). Raising it
     repairs more of the codec's ranking error, at one full-vector read per extra candidate."""
 
-    query_chunk: int = Field(default=256, ge=1, le=1_000_000)
-    """Queries processed together (posting-major). Larger chunks share more posting reads
-    between queries; the fetched postings of one chunk are held in memory at once."""
+    fetch_budget_mb: float = Field(default=32.0, gt=0, le=1_000_000)
+    """Postings held in memory at once by a batch, in MiB. A batch is split into chunks of
+    queries (ordered so that queries sharing postings go together) whose postings fit; each
+    posting is read once per chunk. Raising it lets more queries share one read of a posting
+    (fewer reads per batch) at the cost of that much transient memory."""
 
     def rerank_depth(self, k: int) -> int:
         """Number of candidates reranked exactly for a search of ``k`` neighbours."""

@@ -173,7 +173,7 @@ class Collection:
         """The ``k`` nearest stored vectors of each query.
 
         ``queries``: float [q, dim] (or one [dim] vector). ``params`` or keyword knobs
-        (``max_postings``, ``eps2``, ``refine_factor``, ``query_chunk``) tune the search. See
+        (``max_postings``, ``eps2``, ``refine_factor``, ``fetch_budget_mb``) tune the search. See
         :class:`SearchResult` for the shapes, ordering and -1 padding of the result.
         """
         self._check_open()
@@ -234,9 +234,12 @@ class Collection:
             view = self._require_view()
             batch = self._storage.batch()
             postings = self._read_postings(np.unique(np.concatenate(old_pids)), view)
+            removed = 0
             for pid, (pids_ids, codes) in postings.items():
                 keep = ~np.isin(pids_ids, gone)
+                removed += int((~keep).sum())
                 batch.put_posting(pid, encode_posting(pids_ids[keep], codes[keep]))
+            batch.put_meta("entries", str(self._entries() - removed).encode())
             tomb = encode_record(np.empty(0, np.int64), TOMBSTONE)
             for vid in gone:
                 batch.put_record(int(vid), tomb)
@@ -275,6 +278,7 @@ class Collection:
             target = rep[rows, slots]
             touched = np.unique(np.concatenate([target, *old_pids]))
             postings = self._read_postings(touched, view)
+            entries_before = sum(len(p_ids) for p_ids, _ in postings.values())
             codes = codec.encode(x)
             replaced = ids[live]
 
@@ -301,6 +305,8 @@ class Collection:
             for vid, row in zip(ids.tolist(), rep):
                 batch.put_record(vid, encode_record(row[row >= 0]))
             batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
+            entries_after = sum(len(p_ids) for p_ids, _ in postings.values())
+            batch.put_meta("entries", str(self._entries() + entries_after - entries_before).encode())
             next_id = max(int(self._storage.get_meta("next_id") or b"0"), int(ids.max()) + 1)
             batch.put_meta("next_id", str(next_id).encode())
             if router is not view.router:
@@ -313,7 +319,7 @@ class Collection:
         """Train routing and the codec on the first batch written to an empty collection."""
         cfg = self.config
         centroids, _ = balanced_clusters(
-            x, cfg.posting_size, branching=cfg.branching, iters=cfg.kmeans_iters, seed=cfg.seed
+            x, cfg.posting_size, iters=cfg.kmeans_iters, seed=cfg.seed
         )
         codec = make_codec(cfg.codec, cfg.dim, cfg.metric)
         codec.train(x)
@@ -400,8 +406,16 @@ class Collection:
                 out[pid] = decode_posting(blob, code_size)
         return out
 
+    def _entries(self) -> int:
+        """Posting entries stored (vectors counted once per posting holding them)."""
+        return int(self._storage.get_meta("entries") or b"0")
+
     def _make_view(self, router: Router, codec: Codec) -> ReadView:
-        return ReadView(self._storage, router, codec, self.config.metric, self.config.dim)
+        mean_len = max(1.0, self._entries() / max(router.size, 1))
+        return ReadView(
+            self._storage, router, codec, self.config.metric, self.config.dim,
+            posting_bytes=mean_len * (8 + codec.code_size),
+        )
 
     def _require_view(self) -> ReadView:
         if self._view is None:

@@ -166,7 +166,7 @@ class FlatCodec(Codec):
         return 4 * self.dim
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype="<f4").view(np.uint8).reshape(len(x), -1)
+        return np.ascontiguousarray(x, dtype="<f4").view(np.uint8).reshape(len(x), self.code_size)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes).view("<f4").reshape(len(codes), self.dim)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from anns.config import Metric, SearchParams
+from anns.memory import release_freed_heap
 from anns.quantization import Codec
 from anns.routing import Router
 from anns.storage import Storage, decode_posting
@@ -78,6 +79,8 @@ class ReadView:
     codec: Codec
     metric: Metric
     dim: int
+    posting_bytes: float
+    """Mean bytes of one stored posting (sizes the chunks of a batch)."""
 
 
 def search(
@@ -88,30 +91,63 @@ def search(
     ids = np.full((q, k), -1, dtype=np.int64)
     worst = np.inf if view.metric == "l2" else -np.inf
     distances = np.full((q, k), worst, dtype=np.float32)
-    stats = SearchStats(queries=0)
-    for s in range(0, q, params.query_chunk):
-        chunk = queries[s : s + params.query_chunk]
-        chunk_ids, chunk_dist, chunk_stats = _search_chunk(view, chunk, k, params)
-        ids[s : s + len(chunk)] = chunk_ids
-        distances[s : s + len(chunk)] = chunk_dist
+
+    t0 = time.perf_counter()
+    pids, _ = view.router.probe(queries, params.max_postings, params.eps2)
+    route_seconds = time.perf_counter() - t0
+    stats = SearchStats(
+        queries=q,
+        postings_probed=int((pids >= 0).sum()),
+        postings_pruned=int(min(params.max_postings, view.router.size) * q - (pids >= 0).sum()),
+        seconds={"route": route_seconds},
+    )
+    budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
+    for rows in _chunks_by_postings(pids, budget, view.router.size):
+        chunk_ids, chunk_dist, chunk_stats = _search_chunk(view, queries[rows], pids[rows], k, params)
+        ids[rows] = chunk_ids
+        distances[rows] = chunk_dist
         stats = stats + chunk_stats
+    if stats.bytes_read > _TRIM_AFTER_BYTES:
+        release_freed_heap()
     return ids, distances, stats
 
 
+#: A search that fetched more than this gives its freed buffers back to the OS afterwards.
+_TRIM_AFTER_BYTES = 8 << 20
+
+
+def _chunks_by_postings(pids: np.ndarray, budget: int, n_postings: int) -> list[np.ndarray]:
+    """Split queries into chunks whose distinct postings number at most ``budget`` (a query
+    alone may exceed it). Queries are ordered by their nearest posting first, so neighbours in
+    the order share postings and each chunk reads fewer."""
+    order = np.lexsort((pids[:, 1] if pids.shape[1] > 1 else pids[:, 0], pids[:, 0]))
+    if pids.size <= budget:  # everything fits: one chunk, no bookkeeping
+        return [order]
+    seen = np.zeros(n_postings, dtype=bool)
+    chunks, start, used = [], 0, 0
+    for i, row in enumerate(pids[order]):  # per query (not per vector): cheap bookkeeping
+        row = row[row >= 0]
+        new = int((~seen[row]).sum())
+        if used + new > budget and i > start:
+            chunks.append(order[start:i])
+            seen[:] = False
+            start, used = i, 0
+            new = len(row)
+        seen[row] = True
+        used += new
+    chunks.append(order[start:])
+    return chunks
+
+
 def _search_chunk(
-    view: ReadView, queries: np.ndarray, k: int, params: SearchParams
+    view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-
-    # probe: postings per query, pruned by eps2
-    pids, _ = view.router.probe(queries, params.max_postings, params.eps2)
+    t1 = time.perf_counter()
     probed = pids >= 0
     unique, local = np.unique(pids[probed], return_inverse=True)
     assign = np.full(pids.shape, -1, dtype=np.int64)
     assign[probed] = local
-    t1 = time.perf_counter()
-    seconds["route"] = t1 - t0
 
     # fetch: one multi-get for the chunk's postings
     blobs = view.storage.get_postings(unique)
@@ -126,6 +162,7 @@ def _search_chunk(
     # candidates because a replicated vector can come back once per posting holding it
     depth = params.rerank_depth(k)
     _, cand = view.codec.scan(queries, lists, assign, 2 * depth)
+    del lists, blobs
     cand = _first_unique(cand, depth)
     t3 = time.perf_counter()
     seconds["scan"] = t3 - t2
@@ -135,11 +172,6 @@ def _search_chunk(
     seconds["rerank"] = time.perf_counter() - t3
 
     stats = SearchStats(
-        queries=len(queries),
-        postings_probed=int(probed.sum()),
-        postings_pruned=int(
-            min(params.max_postings, view.router.size) * len(queries) - probed.sum()
-        ),
         postings_fetched=len(unique),
         bytes_read=posting_bytes + vector_bytes,
         candidates_scored=int(sizes[local].sum()),
@@ -192,16 +224,12 @@ def _rerank(
     slot[valid] = inverse
     # a candidate deleted since it was scanned has no full vector: it cannot be returned
     alive = valid & present[slot]
-    gathered = vectors[slot]  # [q, r, d]
+    scores = _exact_scores(view.metric, queries, vectors, slot)
     if view.metric == "l2":
-        # the difference form, not |q|^2 + |v|^2 - 2qv: no cancellation error for near points
-        gathered -= queries[:, None, :]
-        scores = np.einsum("qrd,qrd->qr", gathered, gathered)
         scores = np.where(alive, scores, np.inf)
         order = np.argsort(scores, axis=1, kind="stable")[:, :k]
     else:
-        dots = np.matmul(gathered, queries[:, :, None])[:, :, 0]
-        scores = np.where(alive, dots, -np.inf)
+        scores = np.where(alive, scores, -np.inf)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     top_ids = np.take_along_axis(np.where(alive, cand, -1), order, axis=1)
     top_dist = np.take_along_axis(scores, order, axis=1).astype(np.float32)
@@ -211,3 +239,25 @@ def _rerank(
         top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
         top_dist = np.pad(top_dist, ((0, 0), (0, pad)), constant_values=worst)
     return top_ids, top_dist, nbytes, int(alive.sum())
+
+
+def _exact_scores(
+    metric: Metric, queries: np.ndarray, vectors: np.ndarray, slot: np.ndarray
+) -> np.ndarray:
+    """Exact distance (l2) or similarity (ip, cosine) of query i to vectors[slot[i, j]].
+
+    Gathers [rows, r, d] blocks of bounded size (~8 MiB) rather than the whole chunk at once.
+    """
+    q, r = slot.shape
+    out = np.empty((q, r), dtype=np.float32)
+    step = max(1, (8 << 20) // max(1, r * vectors.shape[1] * 4))
+    for s in range(0, q, step):
+        block = vectors[slot[s : s + step]]  # [rows, r, d]
+        qs = queries[s : s + step]
+        if metric == "l2":
+            # the difference form, not |q|^2 + |v|^2 - 2qv: no cancellation for near points
+            block -= qs[:, None, :]
+            out[s : s + step] = np.einsum("qrd,qrd->qr", block, block)
+        else:
+            out[s : s + step] = np.matmul(block, qs[:, :, None])[:, :, 0]
+    return out

@@ -1,0 +1,66 @@
+"""Process memory: reading it honestly and giving freed heap back to the operating system.
+
+A batch search holds its fetched postings (tens of MB) only while it runs. glibc keeps freed
+heap in its arenas for reuse, so without a trim the process's RSS would report the largest
+batch ever served, not what serving needs. :func:`release_freed_heap` asks glibc to return
+free pages (``malloc_trim``); elsewhere (musl, macOS) it does nothing.
+
+glibc also gives every thread that allocates its own arena (up to 8 per core), and each
+arena keeps its own free memory: the I/O threads of a multi-get would each hold a few MiB of
+freed read buffers. :func:`limit_malloc_arenas` caps the arena count (``mallopt(M_ARENA_MAX)``)
+before those threads start; the cost is a little more lock contention inside malloc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def release_freed_heap() -> None:
+    """Return freed heap pages to the OS where the C library supports it (glibc)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas for threads created from now on (no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux /proc; peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
