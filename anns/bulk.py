@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,8 +33,9 @@ from tqdm import tqdm
 
 from anns.config import IndexConfig, StorageConfig, validated
 from anns.errors import DimensionMismatchError, DTypeError, InvalidArgumentError
-from anns.formats import open_ids, open_matrix
+from anns.formats import drop_resident_pages, open_ids, open_matrix
 from anns.index import STATE_BUILDING, STATE_READY
+from anns.memory import peak_rss_bytes, release_freed_heap, rss_bytes
 from anns.quantization import make_codec
 from anns.routing import Router, balanced_clusters
 from anns.storage import Storage, encode_posting, encode_record
@@ -44,11 +44,13 @@ from anns.vectors import as_ids, as_vectors
 log = logging.getLogger(__name__)
 
 #: Bytes of input vectors handled at once by the streaming passes.
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 16 << 20
 #: Bytes of values put in one WriteBatch while writing.
-BATCH_BYTES = 64 << 20
+BATCH_BYTES = 16 << 20
 #: Assignment passes before oversized postings are left to the replica cap.
 MAX_SPLIT_ROUNDS = 4
+#: Rows the codec trains on (8-bit ranges and similar statistics settle long before this).
+_CODEC_SAMPLE = 16384
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,19 @@ def build(
     return summary
 
 
+def _is_run(rows: np.ndarray) -> bool:
+    """True when sorted ``rows`` are consecutive (read as a slice, not a gather)."""
+    return len(rows) > 0 and int(rows[-1]) - int(rows[0]) == len(rows) - 1
+
+
+def _log_stage(stage: str, postings: int) -> None:
+    release_freed_heap()  # each stage's buffers are gone: keep RSS at what the next one needs
+    log.info(
+        "build: %s (%d postings); RSS %.0f MiB, peak %.0f MiB", stage, postings,
+        rss_bytes() / 2**20, peak_rss_bytes() / 2**20,
+    )
+
+
 def _resolve_config(config: IndexConfig | dict[str, Any] | None, dim: int) -> IndexConfig:
     if isinstance(config, IndexConfig):
         if config.dim != dim:
@@ -139,6 +154,7 @@ class _Builder:
         self.n, self.dim = x.shape
         self.chunk = max(1, CHUNK_BYTES // (4 * self.dim))
         self.progress = progress
+        self._unflushed = 0
 
     def run(self, started: float) -> BuildSummary:
         cfg = self.cfg
@@ -146,13 +162,19 @@ class _Builder:
         marker.put_meta("state", STATE_BUILDING)
         marker.put_meta("config", cfg.model_dump_json().encode())
         self.store.write(marker, sync=True)
+        self.store.set_auto_compaction(False)
 
         router, codec = self._train()
+        _log_stage("trained", router.size)
         rep, dist, router = self._assign(router)
+        _log_stage("assigned", router.size)
         posting, row = self._cap(rep, dist)
+        del rep, dist
         posting, router = self._drop_empty(posting, router)
         self._write_vectors_and_records(posting, row)
+        _log_stage("wrote vectors", router.size)
         lengths = self._write_postings(posting, row, codec, router.size)
+        _log_stage("wrote postings", router.size)
 
         meta = self.store.batch()
         meta.put_meta("router", router.to_bytes())
@@ -163,6 +185,7 @@ class _Builder:
         self.store.write(meta, sync=True)
         self.store.flush()
         self.store.compact()
+        self.store.set_auto_compaction(True)
         summary = BuildSummary(
             n=self.n,
             dim=self.dim,
@@ -172,7 +195,7 @@ class _Builder:
             posting_len_max=int(lengths.max()),
             mean_replicas=round(len(posting) / self.n, 4),
             build_seconds=round(time.perf_counter() - started, 3),
-            peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            peak_rss_mb=round(peak_rss_bytes() / 2**20, 1),
             disk_bytes=self.store.disk_bytes(),
         )
         done = self.store.batch()
@@ -189,19 +212,39 @@ class _Builder:
             leave=False,
         )
         for s in range(0, self.n, self.chunk):
-            block = as_vectors(self.x[s : s + self.chunk], self.dim, metric=self.cfg.metric)
+            block = self._rows(slice(s, s + self.chunk))
             yield s, block
             bar.update(len(block))
         bar.close()
 
+    def _bulk_write(self, batch: Any) -> None:
+        """Write without the WAL and flush memtables every BATCH_BYTES: bulk writes outpace
+        background flushes, and memtables waiting for one would otherwise pile up in RAM."""
+        self.store.write(batch, wal=False)
+        self._unflushed += batch.bytes
+        if self._unflushed >= BATCH_BYTES:
+            self.store.flush()
+            release_freed_heap()  # the flushed memtable's arena
+            self._unflushed = 0
+
+    def _rows(self, which: slice | np.ndarray) -> np.ndarray:
+        """Validated float32 copy of some input rows (normalised for cosine); the input's
+        pages are dropped from RSS afterwards, so memory stays bounded by the copies."""
+        rows = np.arange(self.n)[which] if isinstance(which, slice) else which
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for s in range(0, len(rows), self.chunk):  # bounded reads of the mapping at a time
+            part = rows[s : s + self.chunk]
+            src = self.x[part[0] : part[-1] + 1] if _is_run(part) else self.x[part]
+            out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
+            drop_resident_pages(self.x)
+        return out
+
     def _train(self) -> tuple[Router, Any]:
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
-        size = min(self.n, cfg.train_sample)
+        size = min(self.n, max(1, int(cfg.train_sample_mb * (1 << 20) / (4 * self.dim))))
         rows = np.sort(rng.choice(self.n, size, replace=False)) if size < self.n else None
-        sample = as_vectors(
-            self.x[rows] if rows is not None else self.x, self.dim, metric=cfg.metric
-        )
+        sample = self._rows(rows if rows is not None else slice(0, self.n))
         # leaves of the sample scaled so that each holds ~posting_size vectors of the whole
         leaf = max(1, round(cfg.posting_size * size / self.n))
         log.info("clustering a sample of %d vectors into leaves of %d", size, leaf)
@@ -209,6 +252,8 @@ class _Builder:
             sample, leaf, iters=cfg.kmeans_iters, seed=cfg.seed
         )
         codec = make_codec(cfg.codec, self.dim, cfg.metric)
+        if len(sample) > _CODEC_SAMPLE:
+            sample = sample[np.sort(rng.choice(len(sample), _CODEC_SAMPLE, replace=False))]
         codec.train(sample)
         return Router(centroids, cfg.centroid_index, cfg.hnsw_threshold), codec
 
@@ -235,7 +280,7 @@ class _Builder:
         added: list[np.ndarray] = []
         for pid in over.tolist():
             rows = np.flatnonzero(primary == pid)
-            members = as_vectors(self.x[rows], self.dim, metric=cfg.metric)
+            members = self._rows(rows)
             centroids, _ = balanced_clusters(
                 members, cfg.posting_size, iters=cfg.kmeans_iters,
                 seed=cfg.seed + pid,
@@ -281,9 +326,9 @@ class _Builder:
                 batch.put_record(vid, encode_record(held[bounds[s + i] : bounds[s + i + 1]]))
             pending += block.nbytes
             if pending >= BATCH_BYTES:
-                self.store.write(batch, wal=False)
+                self._bulk_write(batch)
                 batch, pending = self.store.batch(), 0
-        self.store.write(batch, wal=False)
+        self._bulk_write(batch)
 
     def _write_postings(
         self, posting: np.ndarray, row: np.ndarray, codec: Any, n_postings: int
@@ -303,14 +348,14 @@ class _Builder:
             a, b = int(starts[pid]), int(ends[last - 1])
             rows = row[a:b]
             uniq, inverse = np.unique(rows, return_inverse=True)
-            codes = codec.encode(as_vectors(self.x[uniq], self.dim, metric=self.cfg.metric))
+            codes = codec.encode(self._rows(uniq))
             codes = codes[inverse]
             entry_ids = self.ids[rows]
             batch = self.store.batch()
             for p in range(pid, last):
                 s, e = int(starts[p]) - a, int(ends[p]) - a
                 batch.put_posting(p, encode_posting(entry_ids[s:e], codes[s:e]))
-            self.store.write(batch, wal=False)
+            self._bulk_write(batch)
             bar.update(b - a)
             pid = last
         bar.close()

@@ -66,9 +66,9 @@ class IndexConfig(_Frozen):
     quantizer trained at build), a quarter of the bytes read of ``flat`` (float32); the exact
     rerank on full vectors repairs its ranking error."""
 
-    train_sample: int = Field(default=200_000, ge=1_000)
-    """Rows sampled from the input to train clustering and the codec. More rows place centroids
-    better and cost build time and memory (sample rows * dim * 4 bytes)."""
+    train_sample_mb: float = Field(default=128.0, gt=0)
+    """MiB of input vectors sampled to train clustering and the codec (all of a smaller input).
+    A larger sample places centroids better; the sample is held in RAM during the build."""
 
     kmeans_iters: int = Field(default=12, ge=1, le=200)
     """2-means iterations per bisection of the hierarchical balanced clustering."""

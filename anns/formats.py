@@ -6,6 +6,7 @@ whoever slices the returned array (bulk jobs take them in bounded chunks).
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -88,3 +89,22 @@ def write_fvecs(path: str | os.PathLike[str], x: np.ndarray) -> None:
     out[:, 0] = np.array([x.shape[1]], dtype="<i4").view("<f4")[0]
     out[:, 1:] = x
     out.tofile(path)
+
+
+def drop_resident_pages(arr: np.ndarray) -> None:
+    """Tell the kernel this process no longer needs the pages of a memory-mapped input.
+
+    Reading a mapped file makes its pages part of the process's RSS until unmapped; a bulk job
+    that streams an input larger than RAM drops them after each chunk (they stay in the page
+    cache, shared and reclaimable). A no-op for arrays that are not file mappings.
+    """
+    base: object = arr
+    while base is not None:
+        handle = getattr(base, "_mmap", None)
+        if isinstance(handle, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                handle.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed or not advisable: nothing to release
+                pass
+            return
+        base = getattr(base, "base", None)

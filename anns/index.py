@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,8 @@ class Collection:
     def __init__(self, storage: Storage, config: IndexConfig) -> None:
         self._storage = storage
         self.config = config
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # serialises writers
+        self._commit = _ReadWriteLock()  # searches vs. the moment a write lands
         self._view: ReadView | None = None
         self._closed = False
         router_blob, codec_blob = storage.get_meta("router"), storage.get_meta("codec")
@@ -181,10 +184,13 @@ class Collection:
         base = params.model_dump() if params else {}
         params = validated(SearchParams, **{**base, **knobs}) if knobs else params or SearchParams()
         q = as_vectors(queries, self.dim, metric=self.config.metric, what="query")
-        view = self._view
-        if view is None:
-            raise EmptyCollectionError(f"collection at {self.path} is empty: nothing to search")
-        ids, distances, stats = search(view, q, k, params)
+        with self._commit.read():  # one state: the router and postings of the same write
+            view = self._view
+            if view is None:
+                raise EmptyCollectionError(
+                    f"collection at {self.path} is empty: nothing to search"
+                )
+            ids, distances, stats = search(view, q, k, params)
         return SearchResult(ids, distances, stats if return_stats else None)
 
     def get(self, ids: Any) -> np.ndarray:
@@ -245,7 +251,8 @@ class Collection:
                 batch.put_record(int(vid), tomb)
             batch.delete_vectors(gone)
             batch.put_meta("count", str(self.count() - len(gone)).encode())
-            self._storage.write(batch)
+            with self._commit.write():
+                self._storage.write(batch)
             return len(gone)
 
     # ------------------------------------------------------------------------- internals
@@ -305,14 +312,16 @@ class Collection:
             for vid, row in zip(ids.tolist(), rep):
                 batch.put_record(vid, encode_record(row[row >= 0]))
             batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
-            entries_after = sum(len(p_ids) for p_ids, _ in postings.values())
-            batch.put_meta("entries", str(self._entries() + entries_after - entries_before).encode())
+            entries_delta = sum(len(p_ids) for p_ids, _ in postings.values()) - entries_before
+            batch.put_meta("entries", str(self._entries() + entries_delta).encode())
             next_id = max(int(self._storage.get_meta("next_id") or b"0"), int(ids.max()) + 1)
             batch.put_meta("next_id", str(next_id).encode())
             if router is not view.router:
                 batch.put_meta("router", router.to_bytes())
-            self._storage.write(batch)
-            self._view = self._make_view(router, codec)
+            view = self._make_view(router, codec, entries=self._entries() + entries_delta)
+            with self._commit.write():
+                self._storage.write(batch)
+                self._view = view
             return ids
 
     def _bootstrap(self, x: np.ndarray, batch: Batch) -> ReadView:
@@ -370,16 +379,26 @@ class Collection:
     def _rewrite_moved_records(
         self, moves: list[tuple[int, int, np.ndarray]], in_batch: set[int], batch: Batch
     ) -> None:
-        """Records of stored vectors (not in this batch) that a split moved to a new posting."""
+        """Records of stored vectors (not in this batch) that splits moved to new postings.
+
+        A vector held by several split postings is read once and written once with every
+        move applied (two independent rewrites would each undo the other's move).
+        """
+        moved_to: dict[int, list[tuple[int, int]]] = {}
         for old, new, moved in moves:
-            others = np.array([i for i in moved.tolist() if i not in in_batch], dtype=np.int64)
-            if not len(others):
+            for vid in moved.tolist():
+                if vid not in in_batch:
+                    moved_to.setdefault(vid, []).append((old, new))
+        if not moved_to:
+            return
+        vids = np.fromiter(moved_to, dtype=np.int64, count=len(moved_to))
+        for vid, blob in zip(vids.tolist(), self._storage.get_records(vids)):
+            if blob is None:
                 continue
-            for vid, blob in zip(others.tolist(), self._storage.get_records(others)):
-                if blob is None:
-                    continue
-                flags, pids = decode_record(blob)
-                batch.put_record(vid, encode_record(np.where(pids == old, new, pids), flags))
+            flags, pids = decode_record(blob)
+            for old, new in moved_to[vid]:
+                pids = np.where(pids == old, new, pids)
+            batch.put_record(vid, encode_record(pids, flags))
 
     def _live_records(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
         """Which ids are stored, and the posting ids of each stored one."""
@@ -410,8 +429,9 @@ class Collection:
         """Posting entries stored (vectors counted once per posting holding them)."""
         return int(self._storage.get_meta("entries") or b"0")
 
-    def _make_view(self, router: Router, codec: Codec) -> ReadView:
-        mean_len = max(1.0, self._entries() / max(router.size, 1))
+    def _make_view(self, router: Router, codec: Codec, entries: int | None = None) -> ReadView:
+        entries = self._entries() if entries is None else entries
+        mean_len = max(1.0, entries / max(router.size, 1))
         return ReadView(
             self._storage, router, codec, self.config.metric, self.config.dim,
             posting_bytes=mean_len * (8 + codec.code_size),
@@ -430,3 +450,43 @@ class Collection:
         self._check_open()
         if self._storage.config.read_only:
             raise FailedPreconditionError(f"collection at {self.path} was opened read-only")
+
+
+class _ReadWriteLock:
+    """Many readers at once, or one writer; a waiting writer holds back new readers, so a
+    stream of searches cannot starve a write."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()

@@ -172,9 +172,11 @@ class FlatCodec(Codec):
         return np.ascontiguousarray(codes).view("<f4").reshape(len(codes), self.dim)
 
     def _empty_ivf(self, nlist: int) -> faiss.IndexIVF:
-        return faiss.IndexIVFFlat(
+        index = faiss.IndexIVFFlat(
             faiss.IndexFlatL2(self.dim), self.dim, nlist, faiss_metric(self.metric)
         )
+        index.is_trained = True  # nothing to train; its (unused) quantizer is empty
+        return index
 
     def to_bytes(self) -> bytes:
         return b""

@@ -50,17 +50,19 @@ def balanced_clusters(
             leaves.append(x[rows].mean(axis=0, dtype=np.float64))
             continue
         n_left = round(len(rows) * (want // 2) / want)
-        part = x[rows]
-        proj = part @ _split_direction(part, iters, rng)
+        fit = rows if len(rows) <= _SPLIT_SAMPLE else rng.choice(rows, _SPLIT_SAMPLE, replace=False)
+        direction = _split_direction(x[fit], iters, rng)
+        # project in bounded blocks: never a copy of a whole large node
+        step = max(1, (16 << 20) // (4 * x.shape[1]))
+        proj = np.concatenate([x[rows[s : s + step]] @ direction for s in range(0, len(rows), step)])
         order = np.argpartition(proj, n_left)
         stack.append(rows[order[n_left:]])
         stack.append(rows[order[:n_left]])
     return np.ascontiguousarray(np.stack(leaves), dtype=np.float32), labels
 
 
-def _split_direction(x: np.ndarray, iters: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit vector from one 2-means centroid to the other (fitted on a sample of rows)."""
-    sample = x[rng.choice(len(x), _SPLIT_SAMPLE, replace=False)] if len(x) > _SPLIT_SAMPLE else x
+def _split_direction(sample: np.ndarray, iters: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit vector from one 2-means centroid to the other, fitted on the rows ``sample``."""
     sq = np.einsum("ij,ij->i", sample, sample)
     # seeds: a random row, the row farthest from it, and the row farthest from that one
     a = sample[np.argmax(sq - 2 * (sample @ sample[rng.integers(len(sample))]))]
@@ -82,7 +84,7 @@ def _split_direction(x: np.ndarray, iters: int, rng: np.random.Generator) -> np.
     direction = centres[1] - centres[0]
     norm = float(np.linalg.norm(direction))
     if norm == 0:  # all rows equal: any cut is as good as another
-        return np.eye(1, x.shape[1], dtype=np.float32)[0]
+        return np.eye(1, sample.shape[1], dtype=np.float32)[0]
     return (direction / norm).astype(np.float32)
 
 

@@ -52,6 +52,8 @@ _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
 _MARKER = "ANNS_COLLECTION"  # a small file naming the format, checked before RocksDB opens
 
 TOMBSTONE = 1
+#: Memory all memtables of one collection may hold before RocksDB flushes them.
+_MEMTABLE_BYTES = 32 << 20
 #: Below this many keys per thread a multi-get is not worth splitting.
 _MIN_KEYS_PER_THREAD = 1
 
@@ -98,10 +100,12 @@ class Batch:
     def __post_init__(self) -> None:
         self._wb = rocksdict.WriteBatch(raw_mode=True)
         self.puts = 0
+        self.bytes = 0
 
     def put_posting(self, pid: int, blob: bytes) -> None:
         self._wb.put(int(pid).to_bytes(4, "big"), blob, self.storage._handles[POSTINGS])
         self.puts += 1
+        self.bytes += len(blob)
 
     def delete_posting(self, pid: int) -> None:
         self._wb.delete(int(pid).to_bytes(4, "big"), self.storage._handles[POSTINGS])
@@ -112,6 +116,7 @@ class Batch:
         for key, row in zip(id_keys(ids), rows):
             self._wb.put(key, row.tobytes(), h)
         self.puts += len(rows)
+        self.bytes += rows.nbytes
 
     def delete_vectors(self, ids: np.ndarray) -> None:
         h = self.storage._handles[VECTORS]
@@ -186,6 +191,7 @@ class Storage:
 
     @staticmethod
     def _open_db(p: Path, config: StorageConfig, *, create: bool) -> rocksdict.Rdict:
+        limit_malloc_arenas()  # before RocksDB and the I/O pool start their threads
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(create)
         opts.create_missing_column_families(create)
@@ -201,6 +207,8 @@ class Storage:
         opts.set_use_direct_reads(config.direct_reads)
         opts.set_max_open_files(256)
         opts.set_write_buffer_size(16 << 20)
+        # all memtables of the collection together stay under this (bounded write memory)
+        opts.set_write_buffer_manager(rocksdict.WriteBufferManager(_MEMTABLE_BYTES, False))
         opts.set_max_background_jobs(2)
         families = {name: _family_options(table) for name in _FAMILIES}
         access = (
@@ -220,7 +228,11 @@ class Storage:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         if not self.config.read_only:
-            self._db.flush()
+            self.flush()
+        # every column-family handle shares the database: drop them all, or the RocksDB lock
+        # outlives close() and the collection cannot be opened again in this process
+        self._cfs.clear()
+        self._handles.clear()
         self._db.close()
         self._db = None  # type: ignore[assignment]
 
@@ -272,7 +284,6 @@ class Storage:
     def _io_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
             if self._pool is None:
-                limit_malloc_arenas()  # the I/O threads' read buffers share arenas
                 self._pool = ThreadPoolExecutor(self.config.io_threads, "anns-io")
             return self._pool
 
@@ -297,7 +308,16 @@ class Storage:
         self._db.write(batch._wb, opts)
 
     def flush(self) -> None:
-        self._db.flush()
+        """Flush the memtables of every column family (rocksdict's flush is per family)."""
+        for cf in self._cfs.values():
+            cf.flush()
+
+    def set_auto_compaction(self, enabled: bool) -> None:
+        """Turn background compaction on or off (off during a bulk load, which compacts once
+        at its end instead of repeatedly merging the files it is still writing)."""
+        value = "false" if enabled else "true"
+        for cf in self._cfs.values():
+            cf.set_options({"disable_auto_compactions": value})
 
     def compact(self) -> None:
         """Compact every column family (after a bulk load: fewer, sorted files to read)."""
