@@ -153,7 +153,8 @@ class _Builder:
         self.store, self.cfg, self.x, self.ids = store, cfg, x, ids
         self.n, self.dim = x.shape
         self.chunk = max(1, CHUNK_BYTES // (4 * self.dim))
-        self.progress = progress
+        # None lets tqdm draw only on a terminal: piped stderr (logs, CI) gets no bar frames
+        self._bar_off: bool | None = None if progress else True
         self._unflushed = 0
 
     def run(self, started: float) -> BuildSummary:
@@ -207,15 +208,14 @@ class _Builder:
     # ------------------------------------------------------------------------- stages
     def _chunks(self, desc: str) -> Iterator[tuple[int, np.ndarray]]:
         """Validated float32 chunks (normalised for cosine) with their start row."""
-        bar = tqdm(
-            total=self.n, desc=desc, unit="vec", unit_scale=True, disable=not self.progress,
+        with tqdm(
+            total=self.n, desc=desc, unit="vec", unit_scale=True, disable=self._bar_off,
             leave=False,
-        )
-        for s in range(0, self.n, self.chunk):
-            block = self._rows(slice(s, s + self.chunk))
-            yield s, block
-            bar.update(len(block))
-        bar.close()
+        ) as bar:  # closed (line cleared) also when a chunk is invalid or the consumer fails
+            for s in range(0, self.n, self.chunk):
+                block = self._rows(slice(s, s + self.chunk))
+                yield s, block
+                bar.update(len(block))
 
     def _bulk_write(self, batch: Any) -> None:
         """Write without the WAL and flush memtables every BATCH_BYTES: bulk writes outpace
@@ -339,24 +339,22 @@ class _Builder:
         starts = ends - lengths
         # postings grouped so that the rows gathered for one group stay near CHUNK_BYTES
         per_group = max(1, self.chunk)
-        bar = tqdm(total=len(posting), desc="write postings", unit="vec", unit_scale=True,
-                   disable=not self.progress, leave=False)
-        pid = 0
-        while pid < n_postings:
-            last = int(np.searchsorted(ends, starts[pid] + per_group, side="left"))
-            last = min(max(last, pid + 1), n_postings)
-            a, b = int(starts[pid]), int(ends[last - 1])
-            rows = row[a:b]
-            uniq, inverse = np.unique(rows, return_inverse=True)
-            codes = codec.encode(self._rows(uniq))
-            codes = codes[inverse]
-            entry_ids = self.ids[rows]
-            batch = self.store.batch()
-            for p in range(pid, last):
-                s, e = int(starts[p]) - a, int(ends[p]) - a
-                batch.put_posting(p, encode_posting(entry_ids[s:e], codes[s:e]))
-            self._bulk_write(batch)
-            bar.update(b - a)
-            pid = last
-        bar.close()
+        with tqdm(total=len(posting), desc="write postings", unit="vec", unit_scale=True,
+                  disable=self._bar_off, leave=False) as bar:
+            pid = 0
+            while pid < n_postings:
+                last = int(np.searchsorted(ends, starts[pid] + per_group, side="left"))
+                last = min(max(last, pid + 1), n_postings)
+                a, b = int(starts[pid]), int(ends[last - 1])
+                rows = row[a:b]
+                uniq, inverse = np.unique(rows, return_inverse=True)
+                codes = codec.encode(self._rows(uniq))[inverse]
+                entry_ids = self.ids[rows]
+                batch = self.store.batch()
+                for p in range(pid, last):
+                    s, e = int(starts[p]) - a, int(ends[p]) - a
+                    batch.put_posting(p, encode_posting(entry_ids[s:e], codes[s:e]))
+                self._bulk_write(batch)
+                bar.update(b - a)
+                pid = last
         return lengths

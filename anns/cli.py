@@ -85,6 +85,11 @@ def _cmd_build(args: argparse.Namespace) -> None:
             config = json.loads(args.config.read_text())
         except (OSError, ValueError) as e:
             raise InputFormatError(f"{args.config}: not a JSON config file ({e})") from e
+        if not isinstance(config, dict):
+            raise InputFormatError(
+                f"{args.config}: a config must be a JSON object of IndexConfig fields, "
+                f"got {type(config).__name__}"
+            )
     if args.metric:
         config["metric"] = args.metric
     summary = build(
@@ -121,7 +126,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
             candidates_per_query=round(stats.candidates_scored / q, 1),
         )
     if args.truth:
-        truth = np.load(args.truth)
+        truth = np.asarray(open_matrix(args.truth))
         report[f"recall@{args.k}"] = round(recall_at(result.ids, truth, args.k), 4)
     print(json.dumps(report))
 
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         _COMMANDS[args.command](args)
-    except AnnsError as e:
+    except (AnnsError, OSError) as e:  # OSError: an output path that cannot be written
         print(f"anns: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -121,9 +121,10 @@ class SearchParams(_Frozen):
     """Cap on postings probed per query (``nprobe``). Raising it raises recall and the bytes
     read and scanned per query."""
 
-    eps2: float = Field(default=0.6, ge=0.0, le=100.0)
+    eps2: float = Field(default=0.6, ge=0.0)
     """Query-aware dynamic pruning: probe posting j only if dist(q, c_j) <= (1 + eps2) *
-    dist(q, c_1). Smaller prunes harder: easy queries then read fewer postings."""
+    dist(q, c_1). Smaller prunes harder: easy queries then read fewer postings. ``math.inf``
+    turns pruning off (only ``max_postings`` limits the probes)."""
 
     refine_factor: float = Field(default=4.0, ge=1.0, le=1000.0)
     """Candidates reranked on full vectors per query = ceil(k * refine_factor). Raising it

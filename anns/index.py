@@ -434,7 +434,7 @@ class Collection:
         mean_len = max(1.0, entries / max(router.size, 1))
         return ReadView(
             self._storage, router, codec, self.config.metric, self.config.dim,
-            posting_bytes=mean_len * (8 + codec.code_size),
+            posting_bytes=mean_len * (8 + codec.code_size), replica_cap=self.config.replica_cap,
         )
 
     def _require_view(self) -> ReadView:

@@ -169,10 +169,15 @@ class Router:
 
         Returns (ids int64 [q, m], distances float32 [q, m]) for the ``max_postings`` nearest
         centroids (m <= max_postings: columns no query keeps are dropped), ids set to -1 where
-        dist(q, c_j) > (1 + eps2) * dist(q, c_1) (pruned).
+        dist(q, c_j) > (1 + eps2) * dist(q, c_1) (pruned); when dist(q, c_1) is 0 the nearest
+        positive distance stands in for it.
         """
         dist, ids = self.nearest(queries, min(max_postings, self.size))
-        keep = (dist <= (1.0 + eps2) * dist[:, :1]) & (ids >= 0)
+        # the ratio rule is relative to the nearest centroid; a query sitting exactly on one
+        # (distance 0) measures against the nearest centroid at a positive distance instead
+        positive = np.where(dist > 0, dist, np.inf).min(axis=1, keepdims=True)
+        reference = np.where(dist[:, :1] > 0, dist[:, :1], positive)
+        keep = (dist <= (1.0 + eps2) * reference) & (ids >= 0)
         # pruned entries sit at the end of each row: drop columns no query kept
         width = max(1, int(keep.sum(axis=1).max()))
         ids = np.where(keep, ids, -1)[:, :width]

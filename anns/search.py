@@ -81,6 +81,8 @@ class ReadView:
     dim: int
     posting_bytes: float
     """Mean bytes of one stored posting (sizes the chunks of a batch)."""
+    replica_cap: int
+    """Most postings one vector is stored in."""
 
 
 def search(
@@ -158,10 +160,12 @@ def _search_chunk(
     t2 = time.perf_counter()
     seconds["fetch"] = t2 - t1
 
-    # scan: codes of every probed posting, for every query that chose it; ask for extra
-    # candidates because a replicated vector can come back once per posting holding it
+    # scan: codes of every probed posting, for every query that chose it. A vector comes
+    # back once per probed posting holding it (at most replica_cap of them), so asking for
+    # depth * min(replica_cap, probes) guarantees `depth` distinct candidates where they exist
     depth = params.rerank_depth(k)
-    _, cand = view.codec.scan(queries, lists, assign, 2 * depth)
+    copies = max(1, min(view.replica_cap, pids.shape[1]))
+    _, cand = view.codec.scan(queries, lists, assign, depth * copies)
     del lists, blobs
     cand = _first_unique(cand, depth)
     t3 = time.perf_counter()

@@ -46,7 +46,8 @@ def as_vectors(x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector")
         raise DimensionMismatchError(
             f"{what} dim {arr.shape[1]} does not match collection dim {dim}"
         )
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, reported below
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     # Checked after the conversion: float64 values beyond float32's range become inf.
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
