@@ -26,7 +26,7 @@ from anns.index import Collection
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-cache-mb", type=float, default=None,
-                        help="RocksDB block cache bound in MiB (default 8)")
+                        help="RocksDB block cache bound in MiB (default 4)")
     parser.add_argument("--direct-reads", action="store_true",
                         help="read with O_DIRECT so RSS is the whole memory cost")
 

@@ -43,12 +43,12 @@ class IndexConfig(_Frozen):
     closer. ``cosine``: vectors and queries are L2-normalised on the way in and scored by inner
     product (cosine similarity), larger is closer; stored vectors are the normalised ones."""
 
-    posting_size: int = Field(default=32, ge=1, le=100_000)
+    posting_size: int = Field(default=64, ge=1, le=100_000)
     """Target number of vectors whose *nearest* centroid is a posting's (the clustering leaf
     limit); the number of centroids kept in RAM is about n / posting_size. Raising it shrinks RAM
     and routing time but makes every probed posting a bigger read and scan."""
 
-    max_posting_size: int = Field(default=128, ge=1, le=1_000_000)
+    max_posting_size: int = Field(default=256, ge=1, le=1_000_000)
     """Hard cap on entries (primaries plus replicas) in one posting: bounds the bytes of one
     disk read. Replicas that would exceed it are dropped, farthest first; a posting whose own
     vectors exceed it (after inserts) is split in two."""
@@ -57,7 +57,7 @@ class IndexConfig(_Frozen):
     """Most postings one vector may be stored in (closure replication). Raising it can raise
     recall of boundary vectors at the cost of disk space and bytes scanned per posting."""
 
-    eps1: float = Field(default=0.1, ge=0.0, le=10.0)
+    eps1: float = Field(default=0.3, ge=0.0, le=10.0)
     """Closure replication: a vector also joins posting j when dist(x, c_j) <= (1 + eps1) *
     dist(x, c_1) (true Euclidean distances), subject to the RNG rule and replica_cap."""
 
@@ -97,7 +97,7 @@ class IndexConfig(_Frozen):
 class StorageConfig(_Frozen):
     """How a collection's RocksDB is opened. Chosen per open, not stored."""
 
-    block_cache_bytes: int = Field(default=8 << 20, ge=0)
+    block_cache_bytes: int = Field(default=4 << 20, ge=0)
     """Bound of RocksDB's block cache. Postings read by repeated queries are served from it;
     it is counted in the process's RSS. 0 disables the cache."""
 
@@ -117,7 +117,7 @@ class StorageConfig(_Frozen):
 class SearchParams(_Frozen):
     """Knobs of one search call. Defaults favour recall@10 around 0.95 on typical data."""
 
-    max_postings: int = Field(default=48, ge=1, le=100_000)
+    max_postings: int = Field(default=24, ge=1, le=100_000)
     """Cap on postings probed per query (``nprobe``). Raising it raises recall and the bytes
     read and scanned per query."""
 
@@ -126,7 +126,7 @@ class SearchParams(_Frozen):
     dist(q, c_1). Smaller prunes harder: easy queries then read fewer postings. ``math.inf``
     turns pruning off (only ``max_postings`` limits the probes)."""
 
-    refine_factor: float = Field(default=4.0, ge=1.0, le=1000.0)
+    refine_factor: float = Field(default=1.5, ge=1.0, le=1000.0)
     """Candidates reranked on full vectors per query = ceil(k * refine_factor). Raising it
     repairs more of the codec's ranking error, at one full-vector read per extra candidate."""
 
