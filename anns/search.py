@@ -185,7 +185,9 @@ def _search_chunk(
     # depth * min(replica_cap, probes) guarantees `depth` distinct candidates where they exist
     depth = params.rerank_depth(k)
     copies = max(1, min(view.replica_cap, pids.shape[1]))
-    _, cand = view.codec.scan(queries, lists, assign, depth * copies)
+    # no query can get more candidates than the chunk fetched: do not size heaps beyond that
+    scan_k = max(1, min(depth * copies, int(sizes.sum())))
+    _, cand = view.codec.scan(queries, lists, assign, scan_k)
     del lists, blobs
     cand = _first_unique(cand, depth)
     t3 = time.perf_counter()

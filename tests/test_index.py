@@ -1,0 +1,658 @@
+"""Collection: lifecycle, the write path (add / upsert / delete), reads, concurrency, bad input.
+
+Every bad-input test also checks that nothing stored was lost: the count and a search are the
+same afterwards as before.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import anns
+import strategies as S
+from anns import (
+    MAX_K,
+    CollectionClosedError,
+    CollectionExistsError,
+    CollectionNotFoundError,
+    CorruptCollectionError,
+    DimensionMismatchError,
+    DTypeError,
+    DuplicateIdsError,
+    EmptyCollectionError,
+    FailedPreconditionError,
+    FormatVersionError,
+    IdExistsError,
+    IncompleteBuildError,
+    IndexConfig,
+    InvalidArgumentError,
+    LimitExceededError,
+    NonFiniteError,
+    NotFoundError,
+    StorageConfig,
+)
+from anns.evaluation import clustered_data, exact_knn, recall_at
+from anns.storage import Storage
+from invariants import assert_matches_brute_force, check_layout, exhaustive, read_layout
+
+MARKER = "ANNS_COLLECTION"
+
+
+def _layout(coll: anns.Collection, ids: np.ndarray):  # type: ignore[no-untyped-def]
+    return read_layout(coll._storage, ids)  # the open collection's own database handle
+
+
+class Snapshot:
+    """What a collection answers before a call that must change nothing."""
+
+    def __init__(self, coll: anns.Collection, queries: np.ndarray) -> None:
+        self.coll, self.queries = coll, queries
+        self.count = coll.count()
+        self.result = coll.search(queries, 10)
+
+    def assert_unchanged(self) -> None:
+        assert self.coll.count() == self.count
+        again = self.coll.search(self.queries, 10)
+        np.testing.assert_array_equal(again.ids, self.result.ids)
+        np.testing.assert_array_equal(again.distances, self.result.distances)
+
+
+@pytest.fixture
+def before(coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]) -> Snapshot:
+    return Snapshot(coll, small[1])
+
+
+# --------------------------------------------------------------------------- lifecycle
+def test_create_add_search(tmp_path: Path) -> None:
+    base = S.gaussian(1, 300, 8)
+    with anns.Collection.create(tmp_path / "c", IndexConfig(dim=8, posting_size=16)) as coll:
+        assert coll.count() == 0 and len(coll) == 0
+        ids = coll.add(base)
+        np.testing.assert_array_equal(ids, np.arange(300))
+        assert coll.count() == 300
+        result = coll.search(base[:10], 1)
+        np.testing.assert_array_equal(result.ids[:, 0], np.arange(10))
+        result = coll.search(base[:10], 10, exhaustive(300, 10))
+    assert_matches_brute_force(result, base, np.arange(300), base[:10], 10, "l2", exact_ids=True)
+
+
+def test_close_and_reopen_give_identical_results(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    base, queries = small
+    anns.build(tmp_path / "c", base, config={"posting_size": 16})
+    coll = anns.Collection.open(tmp_path / "c")
+    coll.add(S.gaussian(5, 50, 8), np.arange(1000, 1050))
+    coll.delete(np.arange(0, 600, 3))
+    first = coll.search(queries, 10)
+    first_info = coll.info()
+    coll.close()
+    # the closed object is still referenced: close() alone must release the database
+    with anns.Collection.open(tmp_path / "c") as again:
+        second = again.search(queries, 10)
+        second_info = again.info()
+    np.testing.assert_array_equal(first.ids, second.ids)
+    np.testing.assert_array_equal(first.distances, second.distances)
+    for key in ("count", "postings", "config", "code_size"):
+        assert first_info[key] == second_info[key]
+
+
+def test_reopen_after_close_in_a_loop(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    anns.build(tmp_path / "c", small[0][:100])
+    handles = []
+    for _ in range(3):
+        coll = anns.Collection.open(tmp_path / "c")
+        handles.append(coll)
+        assert coll.count() == 100
+        coll.close()
+
+
+def test_create_refuses_an_existing_collection(coll: anns.Collection) -> None:
+    with pytest.raises(CollectionExistsError, match="already exists"):
+        anns.Collection.create(coll.path, IndexConfig(dim=8))
+    assert coll.count() == 600
+
+
+def test_use_after_close(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    anns.build(tmp_path / "c", small[0][:50])
+    coll = anns.Collection.open(tmp_path / "c")
+    coll.close()
+    coll.close()  # idempotent
+    for call in (
+        lambda: coll.search(small[1], 3),
+        lambda: coll.add(small[0][:1], [999]),
+        lambda: coll.delete([1]),
+        lambda: coll.get([1]),
+        lambda: coll.contains([1]),
+        coll.count,
+        coll.info,
+    ):
+        with pytest.raises(CollectionClosedError, match="is closed"):
+            call()
+
+
+def test_read_only_collection_refuses_writes(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    anns.build(tmp_path / "c", small[0][:50])
+    with anns.Collection.open(tmp_path / "c", StorageConfig(read_only=True)) as coll:
+        for call in (lambda: coll.add(small[0][:1], [999]), lambda: coll.delete([1]),
+                     lambda: coll.upsert(small[0][:1], [1])):
+            with pytest.raises(FailedPreconditionError, match="read-only"):
+                call()
+        assert coll.count() == 50 and coll.search(small[0][:1], 1).ids[0, 0] == 0
+
+
+def test_info(coll: anns.Collection) -> None:
+    info = coll.info()
+    json.dumps(info)  # JSON-ready
+    assert info["count"] == 600 and info["path"] == str(coll.path)
+    assert info["config"]["dim"] == 8 and info["config"]["posting_size"] == 16
+    assert info["postings"] >= 600 // 16
+    assert info["centroid_bytes"] == info["postings"] * 8 * 4
+    assert info["code_size"] == 8 and info["disk_bytes"] > 0
+    assert info["build"]["n"] == 600
+
+
+def test_info_of_an_empty_collection(tmp_path: Path) -> None:
+    with anns.Collection.create(tmp_path / "c", IndexConfig(dim=4)) as coll:
+        info = coll.info()
+    json.dumps(info)
+    assert info["count"] == 0 and info["postings"] == 0 and info["build"] is None
+
+
+# ------------------------------------------------------------------- add / get / contains
+def test_add_after_build_is_found(coll: anns.Collection) -> None:
+    new = S.gaussian(99, 5, 8) * 0.1 + 3.0  # away from the bulk of the data
+    ids = coll.add(new)
+    np.testing.assert_array_equal(ids, np.arange(600, 605))  # continue after the largest id
+    assert coll.count() == 605
+    result = coll.search(new, 1)
+    np.testing.assert_array_equal(result.ids[:, 0], ids)
+    np.testing.assert_allclose(result.distances[:, 0], 0.0, atol=1e-6)
+    np.testing.assert_array_equal(coll.get(ids), new)
+    assert coll.contains(ids).all()
+
+
+def test_add_with_explicit_ids(coll: anns.Collection) -> None:
+    big = np.array([2**62, 10**12, 7_000], dtype=np.int64)
+    x = S.gaussian(3, 3, 8)
+    np.testing.assert_array_equal(coll.add(x, big), big)
+    np.testing.assert_array_equal(coll.get(big[::-1]), x[::-1])
+    # default ids continue after the largest id ever assigned
+    np.testing.assert_array_equal(coll.add(S.gaussian(4, 1, 8)), [2**62 + 1])
+
+
+def test_add_of_an_existing_id_raises_and_writes_nothing(
+    coll: anns.Collection, before: Snapshot
+) -> None:
+    x = S.gaussian(8, 3, 8)
+    with pytest.raises(IdExistsError, match=r"1 id\(s\) already stored \(5\); use upsert"):
+        coll.add(x, [9000, 5, 9001])
+    before.assert_unchanged()
+    assert not coll.contains([9000, 9001]).any()
+    np.testing.assert_array_equal(coll.get([5])[0], before.coll.get([5])[0])
+    assert coll.add(S.gaussian(9, 1, 8)).tolist() == [600], "next_id did not move"
+
+
+def test_add_empty_batch(coll: anns.Collection, before: Snapshot) -> None:
+    assert coll.add(np.empty((0, 8), np.float32)).shape == (0,)
+    before.assert_unchanged()
+
+
+def test_get_and_contains(coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]) -> None:
+    base, _ = small
+    np.testing.assert_array_equal(coll.get([3, 1, 599]), base[[3, 1, 599]])
+    assert coll.get([]).shape == (0, 8)
+    np.testing.assert_array_equal(coll.contains([0, 599, 600, 10**9]), [True, True, False, False])
+    with pytest.raises(NotFoundError, match=r"1 id\(s\) not stored, e.g. \[600\]"):
+        coll.get([1, 600])
+    with pytest.raises(KeyError):  # NotFoundError is a KeyError
+        coll.get([12345])
+
+
+# ------------------------------------------------------------------------------ delete
+def test_delete_hides_ids_also_across_reopen(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    base, queries = small
+    anns.build(tmp_path / "c", base, config={"posting_size": 16})
+    with anns.Collection.open(tmp_path / "c") as coll:
+        nearest = coll.search(queries, 5, exhaustive(600, 5)).ids
+        gone = np.unique(nearest[:, :2])
+        assert coll.delete(gone) == len(gone)
+        assert coll.count() == 600 - len(gone)
+        assert not coll.contains(gone).any()
+        after = coll.search(queries, 10)
+        assert not np.isin(after.ids, gone).any()
+        assert not np.isin(coll.search(base[gone], 3).ids, gone).any()
+        with pytest.raises(NotFoundError):
+            coll.get(gone[:1])
+    with anns.Collection.open(tmp_path / "c") as coll:
+        assert coll.count() == 600 - len(gone)
+        result = coll.search(queries, 10, exhaustive(600, 10))
+        assert not np.isin(result.ids, gone).any()
+        alive = np.setdiff1d(np.arange(600), gone)
+        assert_matches_brute_force(result, base[alive], alive, queries, 10, "l2", exact_ids=True)
+        check_layout(_layout(coll, np.arange(600)), alive, gone)
+
+
+def test_delete_unknown_or_repeated(coll: anns.Collection, before: Snapshot) -> None:
+    assert coll.delete([10**9, 601]) == 0
+    before.assert_unchanged()
+    assert coll.delete([7]) == 1
+    assert coll.delete([7]) == 0
+    assert coll.count() == 599
+
+
+def test_deleted_id_can_be_added_again(coll: anns.Collection) -> None:
+    new = S.gaussian(21, 1, 8) + 4.0
+    coll.delete([42])
+    coll.add(new, [42])
+    assert coll.count() == 600 and coll.contains([42]).all()
+    np.testing.assert_array_equal(coll.get([42]), new)
+    assert coll.search(new, 1).ids[0, 0] == 42
+    check_layout(_layout(coll, np.arange(600)), np.arange(600))
+
+
+def test_delete_everything_then_search_finds_nothing(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    anns.build(tmp_path / "c", small[0][:40])
+    with anns.Collection.open(tmp_path / "c") as coll:
+        coll.delete(np.arange(40))
+        result = coll.search(small[1], 5)
+        assert (result.ids == -1).all() and (result.distances == np.inf).all()
+        assert coll.count() == 0
+        coll.add(small[0][:1], [7])
+        result = coll.search(small[1], 5, exhaustive(1, 5))
+        assert result.ids[:, 0].tolist() == [7] * len(small[1])
+        assert (result.ids[:, 1:] == -1).all()
+
+
+# ------------------------------------------------------------------------------ upsert
+def test_upsert_replaces(coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]) -> None:
+    base, queries = small
+    moved = S.gaussian(31, 2, 8) * 0.1 + 5.0
+    coll.upsert(moved, [10, 20])
+    assert coll.count() == 600
+    np.testing.assert_array_equal(coll.get([10, 20]), moved)
+    np.testing.assert_array_equal(coll.search(moved, 1).ids[:, 0], [10, 20])
+    # the old vectors are gone: searching at their place no longer finds ids 10 and 20 there
+    at_old = coll.search(base[[10, 20]], 1)
+    assert at_old.ids[0, 0] != 10 and at_old.ids[1, 0] != 20
+    # upsert of new ids adds them
+    coll.upsert(S.gaussian(32, 1, 8), [5000])
+    assert coll.count() == 601 and coll.contains([5000]).all()
+    everything = np.setdiff1d(np.arange(600), [10, 20])
+    current = np.concatenate([base[everything], moved, coll.get([5000])])
+    current_ids = np.concatenate([everything, [10, 20, 5000]])
+    result = coll.search(queries, 10, exhaustive(601, 10))
+    assert_matches_brute_force(result, current, current_ids, queries, 10, "l2", exact_ids=True)
+    check_layout(_layout(coll, np.concatenate([np.arange(600), [5000]])), current_ids)
+
+
+def test_upsert_needs_ids(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(anns.AnnsError, match="upsert needs explicit ids"):
+        coll.upsert(S.gaussian(0, 1, 8), None)  # type: ignore[arg-type]
+    before.assert_unchanged()
+
+
+# ---------------------------------------------------------------------- posting splits
+def test_many_adds_into_a_small_collection_split_postings(tmp_path: Path) -> None:
+    base, queries = clustered_data(1500, 16, queries=50, seed=3)
+    config = IndexConfig(dim=16, posting_size=8, max_posting_size=24)
+    with anns.Collection.create(tmp_path / "c", config) as coll:
+        coll.add(base[:100])  # trains routing on 100 vectors: ~13 postings
+        postings_at_start = coll.info()["postings"]
+        for s in range(100, 1500, 100):
+            coll.add(base[s : s + 100])
+        assert coll.count() == 1500
+        assert coll.info()["postings"] > 2 * postings_at_start, "postings were split"
+        check_layout(_layout(coll, np.arange(1500)), np.arange(1500))
+        result = coll.search(queries, 10)
+        truth, _ = exact_knn(base, queries, 10)
+        assert recall_at(result.ids, truth, 10) >= 0.9
+        everything = coll.search(queries, 10, exhaustive(1500, 10))
+        assert_matches_brute_force(everything, base, np.arange(1500), queries, 10, "l2",
+                                   exact_ids=True)
+    with anns.Collection.open(tmp_path / "c") as coll:  # splits are durable
+        np.testing.assert_array_equal(coll.search(queries, 10).ids, result.ids)
+
+
+def test_adds_into_a_built_collection_keep_postings_bounded(
+    coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    base, queries = small
+    extra = S.gaussian(77, 400, 8)
+    for s in range(0, 400, 40):
+        coll.add(extra[s : s + 40])
+    ids = np.arange(1000)
+    check_layout(_layout(coll, ids), ids)
+    everything = np.concatenate([base, extra])
+    result = coll.search(queries, 10)
+    truth, _ = exact_knn(everything, queries, 10)
+    assert recall_at(result.ids, truth, 10) >= 0.9
+    # records must still name every posting a vector is in, or a delete leaves ghosts behind
+    gone = np.arange(0, 1000, 2)
+    coll.delete(gone)
+    check_layout(_layout(coll, ids), np.arange(1, 1000, 2), gone)
+
+
+# ------------------------------------------------------------------------- concurrency
+def test_concurrent_searches_equal_sequential(
+    coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    base, queries = small
+    batches = [queries] + [base[s : s + 7] for s in range(0, 140, 7)]
+    sequential = [coll.search(b, 10) for b in batches]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda b: coll.search(b, 10), batches * 3))
+    for i, got in enumerate(concurrent):
+        want = sequential[i % len(batches)]
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.distances, want.distances)
+
+
+def test_concurrent_searches_while_another_thread_adds(
+    coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # the added vectors lie far from every query, so they never enter a top 10: each search,
+    # whatever write it overlaps, must return exactly what it returned before the writes
+    queries = small[1][:10]
+    params = exhaustive(1200, 10)
+    want = coll.search(queries, 10, params)
+    far = S.gaussian(5, 600, 8) * 0.5 + 40.0
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for s in range(0, 600, 60):  # each add splits postings
+                coll.add(far[s : s + 60], np.arange(10_000 + s, 10_000 + s + 60))
+        except BaseException as e:  # pragma: no cover - reported below
+            failures.append(e)
+        finally:
+            stop.set()
+
+    def reader(_: int) -> int:
+        done = 0
+        while not stop.is_set() or done == 0:
+            got = coll.search(queries, 10, params)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.distances, want.distances)
+            done += 1
+        return done
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with ThreadPoolExecutor(2) as pool:
+        searches = sum(pool.map(reader, range(2)))
+    thread.join()
+    assert not failures, failures
+    assert searches >= 2
+    assert coll.count() == 1200
+    assert coll.search(far[:5], 1, params).ids[:, 0].tolist() == list(range(10_000, 10_005))
+    ids = np.concatenate([np.arange(600), np.arange(10_000, 10_600)])
+    check_layout(_layout(coll, ids), ids)
+
+
+def test_a_search_overlapping_a_split_sees_one_state(
+    coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    # Deterministic version of the race above: the search is held between routing and reading
+    # postings while an add splits the posting it needs. The add may wait for the search or
+    # land meanwhile; either way the search answers as before the add or as after it, never
+    # from one state's router and the other's postings.
+    base, _ = small
+    query = base[:1]
+    params = exhaustive(640, 10)
+    before = coll.search(query, 10, params).ids
+    near = base[0] + S.gaussian(9, 40, 8) * 1e-3  # all land in base[0]'s posting: it splits
+    postings = coll.info()["postings"]
+
+    storage = coll._storage
+    real_get_postings = storage.get_postings
+    searching, release = threading.Event(), threading.Event()
+
+    def held_get_postings(pids: np.ndarray):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.startswith("searcher") and not release.is_set():
+            searching.set()
+            release.wait(30)
+        return real_get_postings(pids)
+
+    storage.get_postings = held_get_postings  # type: ignore[method-assign]
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="searcher") as searcher, \
+                ThreadPoolExecutor(1, thread_name_prefix="writer") as writer:
+            search = searcher.submit(coll.search, query, 10, params)
+            assert searching.wait(30)
+            add = writer.submit(coll.add, near, np.arange(7000, 7040))
+            try:  # give the add time to land if nothing holds it back
+                add.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                pass  # it waits for the search: fine
+            release.set()
+            overlapping = search.result(30).ids
+            add.result(30)
+    finally:
+        release.set()
+        storage.get_postings = real_get_postings  # type: ignore[method-assign]
+    assert coll.info()["postings"] > postings, "the add split a posting"
+    after = coll.search(query, 10, params).ids
+    assert after[0, 0] == 0 and (after[0, 1:] >= 7000).all()
+    assert (overlapping == before).all() or (overlapping == after).all(), (
+        f"before {before}, after {after}, overlapping {overlapping}"
+    )
+
+
+def test_concurrent_writers_serialise(coll: anns.Collection) -> None:
+    chunks = [(S.gaussian(100 + i, 10, 8), np.arange(20_000 + 10 * i, 20_010 + 10 * i))
+              for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda c: coll.add(*c), chunks))
+    assert coll.count() == 680
+    for x, ids in chunks:
+        np.testing.assert_array_equal(coll.get(ids), x)
+    ids = np.concatenate([np.arange(600)] + [c[1] for c in chunks])
+    check_layout(_layout(coll, ids), ids)
+
+
+# ---------------------------------------------------------------------- bad input
+def test_wrong_dimension(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(DimensionMismatchError, match="vector dim 7 does not match collection dim"):
+        coll.add(np.ones((2, 7), np.float32))
+    with pytest.raises(DimensionMismatchError, match="query dim 9 does not match collection dim 8"):
+        coll.search(np.ones((2, 9), np.float32), 5)
+    with pytest.raises(DimensionMismatchError, match="dim 7 does not match"):
+        coll.upsert(np.ones((1, 7), np.float32), [1])
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values(coll: anns.Collection, before: Snapshot, bad: float) -> None:
+    x = np.ones((3, 8), np.float32)
+    x[2, 4] = bad
+    with pytest.raises(NonFiniteError, match="NaN or Inf.*first at row 2"):
+        coll.add(x, [7000, 7001, 7002])
+    with pytest.raises(NonFiniteError, match="quer.*NaN or Inf"):
+        coll.search(x, 5)
+    with pytest.raises(NonFiniteError):
+        coll.upsert(x, [1, 2, 3])
+    before.assert_unchanged()
+    assert not coll.contains([7000, 7001]).any()
+
+
+@pytest.mark.parametrize(
+    "vectors",
+    [np.array([["a"] * 8]), np.ones((1, 8), np.complex64), np.ones((1, 8), bool)],
+    ids=["strings", "complex", "bool"],
+)
+def test_wrong_vector_dtype(coll: anns.Collection, before: Snapshot, vectors: np.ndarray) -> None:
+    with pytest.raises(DTypeError, match=f"got dtype {vectors.dtype}"):
+        coll.add(vectors, [7000])
+    with pytest.raises(DTypeError, match=f"got dtype {vectors.dtype}"):
+        coll.search(vectors, 3)
+    before.assert_unchanged()
+
+
+def test_float_ids(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(DTypeError, match="ids must be an integer array, got dtype float64"):
+        coll.add(np.ones((2, 8), np.float32), [1.0, 2.0])
+    with pytest.raises(DTypeError, match="ids must be an integer array"):
+        coll.delete(np.array([3.0]))
+    with pytest.raises(DTypeError):
+        coll.get(["a"])
+    before.assert_unchanged()
+
+
+def test_negative_ids(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(InvalidArgumentError, match="non-negative"):
+        coll.add(np.ones((1, 8), np.float32), [-1])
+    before.assert_unchanged()
+
+
+def test_ids_count_must_match(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(InvalidArgumentError, match="got 1 ids for 2 vectors"):
+        coll.add(np.ones((2, 8), np.float32), [9000])
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("k", [0, -3])
+def test_non_positive_k(coll: anns.Collection, before: Snapshot, k: int) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"k must be positive, got {k}"):
+        coll.search(before.queries, k)
+    before.assert_unchanged()
+
+
+def test_k_beyond_max_k(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(LimitExceededError, match=f"k {MAX_K + 1} exceeds the limit of {MAX_K}"):
+        coll.search(before.queries, MAX_K + 1)
+    before.assert_unchanged()
+
+
+def test_search_on_an_empty_collection(tmp_path: Path) -> None:
+    with anns.Collection.create(tmp_path / "c", IndexConfig(dim=4)) as coll:
+        with pytest.raises(EmptyCollectionError, match="empty"):
+            coll.search(np.ones((1, 4), np.float32), 3)
+        assert coll.count() == 0
+        assert coll.delete([1]) == 0
+        assert not coll.contains([0]).any()
+    with anns.Collection.open(tmp_path / "c") as coll:  # also after reopen
+        with pytest.raises(EmptyCollectionError):
+            coll.search(np.ones((1, 4), np.float32), 3)
+
+
+def test_duplicate_ids_in_one_batch(coll: anns.Collection, before: Snapshot) -> None:
+    with pytest.raises(DuplicateIdsError, match="duplicate ids in one batch: 9000"):
+        coll.add(np.ones((3, 8), np.float32), [9000, 1234, 9000])
+    with pytest.raises(DuplicateIdsError, match="duplicate ids in one batch: 3"):
+        coll.upsert(np.ones((2, 8), np.float32), [3, 3])
+    before.assert_unchanged()
+    assert not coll.contains([9000, 1234]).any()
+
+
+def test_missing_collection_dir(tmp_path: Path) -> None:
+    with pytest.raises(CollectionNotFoundError, match="directory does not exist"):
+        anns.Collection.open(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_directory_that_is_not_a_collection(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(CollectionNotFoundError, match=f"{MARKER} file is missing"):
+        anns.Collection.open(tmp_path / "photos")
+    assert (tmp_path / "photos" / "cat.jpg").read_bytes() == b"\xff\xd8"
+
+
+def _closed_built(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> Path:
+    anns.build(tmp_path / "c", small[0][:100])
+    return tmp_path / "c"
+
+
+def _assert_intact(path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    with anns.Collection.open(path) as coll:
+        assert coll.count() == 100
+        assert coll.search(small[0][:3], 1).ids[:, 0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("garbage", ["garbage\x00", '{"format_version": null}'])
+def test_corrupt_marker(tmp_path: Path, small: tuple[np.ndarray, np.ndarray], garbage: str) -> None:
+    path = _closed_built(tmp_path, small)
+    good = (path / MARKER).read_text()
+    (path / MARKER).write_text(garbage)
+    with pytest.raises(CorruptCollectionError, match=f"{MARKER} is unreadable"):
+        anns.Collection.open(path)
+    (path / MARKER).write_text(good)
+    _assert_intact(path, small)
+
+
+def test_corrupt_database(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _closed_built(tmp_path, small)
+    for f in path.iterdir():
+        if f.name.startswith("CURRENT"):
+            f.write_text("MANIFEST-999999\n")
+    with pytest.raises(CorruptCollectionError, match="cannot open the database"):
+        anns.Collection.open(path)
+
+
+def test_unknown_format_version(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _closed_built(tmp_path, small)
+    good = (path / MARKER).read_text()
+    marker = json.loads(good)
+    marker["format_version"] = marker["format_version"] + 1
+    (path / MARKER).write_text(json.dumps(marker))
+    with pytest.raises(FormatVersionError, match=f"format version {marker['format_version']}"):
+        anns.Collection.open(path)
+    (path / MARKER).write_text(good)
+    _assert_intact(path, small)
+
+
+def test_interrupted_build_state(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    path = _closed_built(tmp_path, small)
+    store = Storage.open(path, StorageConfig())
+    batch = store.batch()
+    batch.put_meta("state", b"building")
+    store.write(batch)
+    store.close()
+    del store
+    with pytest.raises(IncompleteBuildError, match="did not finish.*delete the directory"):
+        anns.Collection.open(path)
+    with pytest.raises(CorruptCollectionError):  # IncompleteBuildError is a corruption
+        anns.Collection.open(path)
+
+
+def test_collection_without_config_is_corrupt(tmp_path: Path) -> None:
+    Storage.create(tmp_path / "c", StorageConfig()).close()
+    with pytest.raises(CorruptCollectionError, match="no configuration"):
+        anns.Collection.open(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"dim": 0}, "dim"),
+        ({"dim": 8, "metric": "hamming"}, "metric"),
+        ({"dim": 8, "posting_size": 64, "max_posting_size": 32}, "max_posting_size 32"),
+        ({"dim": 8, "replica_cap": 0}, "replica_cap"),
+        ({"dim": 8, "eps1": -1}, "eps1"),
+        ({"dim": 8, "codec": "pq"}, "codec"),
+        ({"dim": 8, "colour": "blue"}, "colour"),
+    ],
+)
+def test_wrong_config_fields(tmp_path: Path, fields: dict, named: str) -> None:
+    from anns.config import validated
+
+    with pytest.raises(InvalidArgumentError, match=f"invalid IndexConfig: .*{named}"):
+        validated(IndexConfig, **fields)
+    with pytest.raises(InvalidArgumentError, match=named):
+        anns.build(tmp_path / "c", np.ones((10, 8), np.float32), config=fields)
+    assert not (tmp_path / "c").exists()

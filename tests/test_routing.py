@@ -1,0 +1,180 @@
+"""Routing: balanced clustering, closure replication with the RNG rule, and probing."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given
+
+import strategies as S
+from anns.routing import Router, balanced_clusters
+
+
+def _euclid(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+
+# -------------------------------------------------------------------------- clustering
+@given(S.seeds, st.integers(1, 300), st.integers(1, 40), st.integers(1, 8))
+def test_balanced_clusters_respect_the_leaf_size(seed: int, n: int, leaf: int, dim: int) -> None:
+    x = S.gaussian(seed, n, dim)
+    centroids, labels = balanced_clusters(x, leaf, iters=4, seed=seed)
+    assert centroids.dtype == np.float32 and centroids.shape[1] == dim
+    assert labels.shape == (n,) and labels.dtype == np.int64
+    sizes = np.bincount(labels, minlength=len(centroids))
+    assert len(sizes) == len(centroids), "a label names no centroid"
+    assert (sizes >= 1).all(), "an empty leaf"
+    assert sizes.max() <= leaf
+    assert len(centroids) == math.ceil(n / leaf), "as few leaves as the leaf size allows"
+    assert sizes.max() - sizes.min() <= 1, f"leaves are balanced: sizes {sorted(sizes)}"
+    for j in range(len(centroids)):  # each centroid is the mean of its leaf
+        np.testing.assert_allclose(centroids[j], x[labels == j].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_balanced_clusters_split_identical_rows() -> None:
+    x = np.ones((100, 4), np.float32)
+    centroids, labels = balanced_clusters(x, 10, iters=3)
+    assert np.bincount(labels).max() <= 10
+    np.testing.assert_array_equal(centroids, 1.0)
+
+
+def test_balanced_clusters_are_deterministic_for_a_seed() -> None:
+    x = S.gaussian(1, 500, 8)
+    a = balanced_clusters(x, 20, seed=3)
+    b = balanced_clusters(x, 20, seed=3)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+# ------------------------------------------------------------------------- replicas
+@given(
+    S.seeds, st.integers(1, 40), st.integers(1, 10), st.sampled_from([0.0, 0.05, 0.3, 1.0, 5.0]),
+    st.sampled_from(["flat", "hnsw"]),
+)
+def test_replicas_obey_closure_rng_and_cap(
+    seed: int, n_centroids: int, cap: int, eps1: float, kind: str
+) -> None:
+    centroids = S.gaussian(seed, n_centroids, 6)
+    x = S.gaussian(seed + 1, 50, 6)
+    router = Router(centroids, kind, hnsw_threshold=1)
+    ids, dist = router.replicas(x, cap, eps1)
+    assert ids.shape == (50, cap) and dist.shape == (50, cap)
+    assert ids.dtype == np.int64 and dist.dtype == np.float32
+    true = _euclid(x, centroids)
+    chosen = ids >= 0
+    assert chosen[:, 0].all(), "column 0 is always a posting"
+    assert (dist[~chosen] == np.inf).all()
+    for row in range(50):
+        mine = ids[row][chosen[row]]
+        assert len(set(mine.tolist())) == len(mine)
+        d = true[row, mine]
+        tol = 1e-4 * (1 + true[row].min())
+        if kind == "flat":  # exact centroid index: column 0 is the nearest centroid
+            assert d[0] <= true[row].min() + tol
+        np.testing.assert_allclose(dist[row][chosen[row]], d, rtol=1e-4, atol=tol)
+        assert (np.diff(d) >= -tol).all(), "replicas are in distance order"
+        assert (d <= (1 + eps1) * d[0] + tol).all(), "closure rule"
+        cc = _euclid(centroids[mine], centroids[mine])
+        for j in range(1, len(mine)):
+            assert (cc[:j, j] >= d[j] - tol).all(), "RNG rule"
+
+
+def test_replicas_skip_a_centroid_blocked_by_the_rng_rule() -> None:
+    # c0 and c1 close together, c2 on the other side: x between c0 and c2 at similar distances
+    centroids = np.array([[0.0, 0.0], [0.2, 0.0], [2.0, 0.0]], np.float32)
+    x = np.array([[1.0, 0.0]], np.float32)
+    ids, _ = Router(centroids, "flat", 1000).replicas(x, 3, eps1=1.0)
+    # candidates in order: c1 (0.8), c0 (1.0), c2 (1.0). c0 is blocked by c1 (0.2 < 1.0);
+    # c2 is not (|c1 - c2| = 1.8 >= 1.0).
+    assert sorted(ids[0][ids[0] >= 0].tolist()) == [1, 2]
+
+
+def test_replicas_without_closure_keep_only_the_nearest() -> None:
+    centroids = S.gaussian(0, 30, 4)
+    x = S.gaussian(1, 20, 4)
+    ids, _ = Router(centroids, "flat", 1000).replicas(x, 8, eps1=0.0)
+    np.testing.assert_array_equal(ids[:, 0], _euclid(x, centroids).argmin(1))
+    assert (ids[:, 1:] == -1).all()
+
+
+def test_replicas_pad_when_fewer_centroids_than_the_cap() -> None:
+    router = Router(S.gaussian(0, 2, 4), "flat", 1000)
+    ids, dist = router.replicas(S.gaussian(1, 5, 4), 6, eps1=100.0)
+    assert ids.shape == (5, 6)
+    assert (ids[:, 2:] == -1).all() and (dist[:, 2:] == np.inf).all()
+
+
+# ---------------------------------------------------------------------------- probing
+@given(S.seeds, st.integers(1, 60), st.integers(1, 80), st.floats(0.0, 3.0))
+def test_probe_takes_the_nearest_and_prunes_by_eps2(
+    seed: int, n_centroids: int, max_postings: int, eps2: float
+) -> None:
+    centroids = S.gaussian(seed, n_centroids, 5)
+    queries = S.gaussian(seed + 1, 12, 5)
+    ids, dist = Router(centroids, "flat", 10_000).probe(queries, max_postings, eps2)
+    assert ids.shape == dist.shape and ids.shape[1] <= min(max_postings, n_centroids)
+    true = _euclid(queries, centroids)
+    order = np.argsort(true, axis=1)
+    for row in range(len(queries)):
+        kept = ids[row][ids[row] >= 0]
+        assert len(kept) >= 1 and kept[0] == order[row, 0]
+        nearest = true[row, order[row, 0]]
+        tol = 1e-4 * (1 + nearest)
+        assert (true[row, kept] <= (1 + eps2) * nearest + tol).all()
+        # nothing within the bound among the max_postings nearest was pruned
+        want = [c for c in order[row, :max_postings] if true[row, c] <= (1 + eps2) * nearest - tol]
+        assert set(want) <= set(kept.tolist())
+        assert (ids[row][len(kept):] == -1).all(), "pruned entries sit at the end"
+
+
+@pytest.mark.parametrize("eps2", [0.0, 0.6, 100.0, float("inf")])
+def test_probe_of_a_query_on_a_centroid(eps2: float) -> None:
+    # distance 0 to the nearest centroid must not make the ratio rule prune everything else
+    centroids = S.gaussian(0, 20, 4)
+    queries = centroids[[3, 7]]
+    ids, _ = Router(centroids, "flat", 1000).probe(queries, 100_000, eps2)
+    assert (ids[:, 0] == [3, 7]).all()
+    if eps2 >= 100.0:
+        assert ids.shape == (2, 20) and (ids >= 0).all()
+
+
+def test_probe_with_huge_eps2_keeps_max_postings() -> None:
+    router = Router(S.gaussian(0, 30, 4), "flat", 1000)
+    ids, _ = router.probe(S.gaussian(1, 3, 4), 10, 100.0)
+    assert ids.shape == (3, 10) and (ids >= 0).all()
+    ids, _ = router.probe(S.gaussian(1, 3, 4), 100_000, 100.0)
+    assert ids.shape == (3, 30) and (ids >= 0).all()
+    ids, _ = router.probe(S.gaussian(1, 3, 4), 100_000, float("inf"))
+    assert ids.shape == (3, 30) and (ids >= 0).all()
+
+
+# ----------------------------------------------------------------------------- router
+def test_with_centroids_moves_and_appends() -> None:
+    router = Router(S.gaussian(0, 4, 3), "flat", 1000)
+    moved = np.array([9.0, 9.0, 9.0], np.float32)
+    new = router.with_centroids({2: moved}, np.full((2, 3), -9.0, np.float32))
+    assert new.size == 6 and router.size == 4
+    np.testing.assert_array_equal(new.centroids[2], moved)
+    _, ids = new.nearest(np.array([[9.0, 9.0, 9.1]], np.float32), 1)
+    assert ids[0, 0] == 2
+    _, ids = new.nearest(np.array([[-9.0, -9.0, -9.0]], np.float32), 2)
+    assert sorted(ids[0].tolist()) == [4, 5]
+
+
+@pytest.mark.parametrize("kind", ["auto", "flat", "hnsw"])
+def test_router_bytes_round_trip(kind: str) -> None:
+    router = Router(S.gaussian(0, 50, 8), kind, hnsw_threshold=20)
+    back = Router.from_bytes(router.to_bytes(), kind, 20)
+    np.testing.assert_array_equal(back.centroids, router.centroids)
+    assert back.resolved_kind() == router.resolved_kind() == ("flat" if kind == "flat" else "hnsw")
+    q = S.gaussian(1, 5, 8)
+    np.testing.assert_array_equal(back.nearest(q, 3)[1], router.nearest(q, 3)[1])
+
+
+def test_auto_picks_hnsw_from_the_threshold() -> None:
+    assert Router(S.gaussian(0, 9, 4), "auto", 10).resolved_kind() == "flat"
+    assert Router(S.gaussian(0, 10, 4), "auto", 10).resolved_kind() == "hnsw"

@@ -1,0 +1,213 @@
+"""The RocksDB layout: key order, value codecs, the marker and format version, atomic batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given
+
+import strategies as S
+from anns import (
+    CollectionExistsError,
+    CollectionNotFoundError,
+    CorruptCollectionError,
+    FormatVersionError,
+    StorageConfig,
+)
+from anns.storage import (
+    FORMAT_VERSION,
+    TOMBSTONE,
+    Storage,
+    decode_posting,
+    decode_record,
+    encode_posting,
+    encode_record,
+    id_keys,
+    posting_keys,
+)
+
+MARKER = "ANNS_COLLECTION"
+
+
+# --------------------------------------------------------------------- value codecs
+@given(st.integers(0, 40), st.integers(1, 64), st.data())
+def test_posting_round_trip(m: int, code_size: int, data: st.DataObject) -> None:
+    ids = data.draw(S.id_arrays(m))
+    codes = data.draw(hnp.arrays(np.uint8, (m, code_size)))
+    back_ids, back_codes = decode_posting(encode_posting(ids, codes), code_size)
+    np.testing.assert_array_equal(back_ids, ids)
+    np.testing.assert_array_equal(back_codes, codes)
+    assert back_codes.shape == (m, code_size)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=64), st.sampled_from([0, TOMBSTONE]))
+def test_record_round_trip(pids: list[int], flags: int) -> None:
+    back_flags, back = decode_record(encode_record(np.array(pids, dtype=np.int64), flags))
+    assert back_flags == flags
+    assert back.dtype == np.int64 and back.tolist() == pids
+
+
+@given(st.lists(S.vector_ids, min_size=1, max_size=30, unique=True))
+def test_id_keys_sort_in_numeric_order(ids: list[int]) -> None:
+    keys = id_keys(np.array(ids, dtype=np.int64))
+    assert all(len(k) == 8 for k in keys)
+    assert [i for _, i in sorted(zip(keys, ids))] == sorted(ids)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=30, unique=True))
+def test_posting_keys_sort_in_numeric_order(pids: list[int]) -> None:
+    keys = posting_keys(np.array(pids, dtype=np.int64))
+    assert [int.from_bytes(k, "big") for k in keys] == pids
+    assert [p for _, p in sorted(zip(keys, pids))] == sorted(pids)
+
+
+# ------------------------------------------------------------------------ lifecycle
+@pytest.fixture
+def store(tmp_path: Path):
+    storage = Storage.create(tmp_path / "c", StorageConfig())
+    yield storage
+    storage.close()
+
+
+def test_batch_is_applied_and_read_back(store: Storage) -> None:
+    batch = store.batch()
+    batch.put_posting(3, encode_posting(np.array([7, 9]), np.ones((2, 4), np.uint8)))
+    batch.put_posting(1, encode_posting(np.array([5]), np.zeros((1, 4), np.uint8)))
+    batch.put_vectors(np.array([5, 7]), np.array([[1, 2], [3, 4]], np.float32))
+    batch.put_record(5, encode_record(np.array([1])))
+    batch.put_meta("answer", b"42")
+    # nothing is visible before the batch is written
+    assert store.get_meta("answer") is None and store.get_vectors(np.array([5])) == [None]
+    store.write(batch)
+    assert store.get_meta("answer") == b"42"
+    assert [int.from_bytes(bytes(k), "big") for k, _ in store.iter_postings()] == [1, 3]
+    blob3, missing = store.get_postings(np.array([3, 2]))
+    assert missing is None
+    np.testing.assert_array_equal(decode_posting(blob3, 4)[0], [7, 9])
+    v5, v6 = store.get_vectors(np.array([5, 6]))
+    assert v6 is None
+    np.testing.assert_array_equal(np.frombuffer(v5, "<f4"), [1, 2])
+    rec5, rec7 = store.get_records(np.array([5, 7]))
+    assert rec7 is None and decode_record(rec5)[1].tolist() == [1]
+
+    batch = store.batch()
+    batch.delete_posting(3)
+    batch.delete_vectors(np.array([5]))
+    store.write(batch, sync=True)
+    assert store.get_postings(np.array([3])) == [None]
+    assert store.get_vectors(np.array([5, 7]))[0] is None
+
+
+def test_create_writes_marker_and_format_version(store: Storage) -> None:
+    marker = json.loads((store.path / MARKER).read_text())
+    assert marker == {"format_version": FORMAT_VERSION}
+    assert store.get_meta("format_version") == str(FORMAT_VERSION).encode()
+
+
+def test_create_refuses_an_existing_collection(store: Storage) -> None:
+    with pytest.raises(CollectionExistsError, match="already exists"):
+        Storage.create(store.path, StorageConfig())
+
+
+def test_create_refuses_a_non_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    with pytest.raises(CollectionExistsError, match="not empty"):
+        Storage.create(tmp_path, StorageConfig())
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_close_is_idempotent_and_the_collection_reopens(tmp_path: Path) -> None:
+    store = Storage.create(tmp_path / "c", StorageConfig())
+    batch = store.batch()
+    batch.put_meta("x", b"1")
+    store.write(batch)
+    store.close()
+    store.close()
+    # the closed object is still referenced here: close() alone must release the database
+    again = Storage.open(tmp_path / "c", StorageConfig())
+    try:
+        assert again.get_meta("x") == b"1"
+    finally:
+        again.close()
+
+
+def test_read_only_open_reads(tmp_path: Path) -> None:
+    store = Storage.create(tmp_path / "c", StorageConfig())
+    batch = store.batch()
+    batch.put_meta("x", b"1")
+    store.write(batch)
+    store.close()
+    del store
+    ro = Storage.open(tmp_path / "c", StorageConfig(read_only=True))
+    try:
+        assert ro.get_meta("x") == b"1"
+    finally:
+        ro.close()
+
+
+def test_destroy_removes_only_collections(tmp_path: Path) -> None:
+    Storage.create(tmp_path / "c", StorageConfig()).close()
+    Storage.destroy(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "data.txt").write_text("mine")
+    with pytest.raises(CollectionNotFoundError):
+        Storage.destroy(tmp_path / "d")
+    assert (tmp_path / "d" / "data.txt").exists()
+
+
+# ------------------------------------------------------------------------- bad dirs
+def test_open_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(CollectionNotFoundError, match="directory does not exist"):
+        Storage.open(tmp_path / "nowhere", StorageConfig())
+
+
+def test_open_directory_that_is_not_a_collection(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CollectionNotFoundError, match=f"{MARKER} file is missing"):
+        Storage.open(tmp_path, StorageConfig())
+
+
+@pytest.mark.parametrize("garbage", ["", "{not json", "[]", '{"format_version": "one"}', "{}"])
+def test_open_with_garbage_marker(tmp_path: Path, garbage: str) -> None:
+    Storage.create(tmp_path / "c", StorageConfig()).close()
+    (tmp_path / "c" / MARKER).write_text(garbage)
+    with pytest.raises(CorruptCollectionError, match=f"{MARKER} is unreadable"):
+        Storage.open(tmp_path / "c", StorageConfig())
+
+
+def test_open_with_marker_but_no_database(tmp_path: Path) -> None:
+    (tmp_path / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION}))
+    with pytest.raises(CorruptCollectionError, match="cannot open the database"):
+        Storage.open(tmp_path, StorageConfig())
+
+
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION + 1, 99])
+def test_open_other_format_version_names_both(tmp_path: Path, version: int) -> None:
+    Storage.create(tmp_path / "c", StorageConfig()).close()
+    (tmp_path / "c" / MARKER).write_text(json.dumps({"format_version": version}))
+    with pytest.raises(
+        FormatVersionError,
+        match=f"format version {version}; this anns reads format version {FORMAT_VERSION}",
+    ):
+        Storage.open(tmp_path / "c", StorageConfig())
+
+
+def test_open_with_stored_format_version_disagreeing_with_marker(tmp_path: Path) -> None:
+    store = Storage.create(tmp_path / "c", StorageConfig())
+    batch = store.batch()
+    batch.put_meta("format_version", b"7")
+    store.write(batch)
+    store.close()
+    del store
+    with pytest.raises(FormatVersionError, match="format version 7"):
+        Storage.open(tmp_path / "c", StorageConfig())
+    # the refused open released the database again
+    (tmp_path / "c" / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION}))
+    with pytest.raises(FormatVersionError):
+        Storage.open(tmp_path / "c", StorageConfig())
