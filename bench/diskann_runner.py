@@ -26,6 +26,8 @@ so that DiskANN's C++ logging (``std::cout``) lands in stderr too.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import os
 import resource
@@ -33,12 +35,13 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TextIO, TypeVar
-
-import numpy as np
+from typing import Any, TextIO, TypeVar
 
 import diskannpy
+import numpy as np
+import numpy.typing as npt
 
 SYSTEM = "diskann"
 INDEX_PREFIX = "ann"
@@ -49,6 +52,8 @@ SEARCH_THREADS = 2
 """Threads for StaticDiskIndex and for ``batch_search``."""
 
 _T = TypeVar("_T")
+FloatArray = npt.NDArray[np.float32]
+AnyArray = npt.NDArray[Any]
 
 
 # --------------------------------------------------------------------------- I/O
@@ -151,7 +156,7 @@ def _diskann_metric(metric: str) -> str:
     return {"l2": "l2", "ip": "mips", "cosine": "l2"}[metric]
 
 
-def _prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
+def _prepare(vectors: AnyArray, metric: str) -> FloatArray:
     """Return C-contiguous float32 vectors, L2-normalised for cosine."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if metric == "cosine":
@@ -160,12 +165,13 @@ def _prepare(vectors: np.ndarray, metric: str) -> np.ndarray:
     return x
 
 
-def _recalls(ids: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+def _recalls(ids: AnyArray, gt: AnyArray) -> tuple[float, float]:
     """(recall@1, recall@10) of result ids ``[q, >=10]`` against ground truth."""
-    ids = ids.astype(np.int64, copy=False)
-    gt = gt.astype(np.int64, copy=False)
-    r1 = float(np.mean(ids[:, 0] == gt[:, 0]))
-    hits = sum(len(set(row[:10].tolist()) & set(g[:10].tolist())) for row, g in zip(ids, gt))
+    top = ids[:, :10].astype(np.int64)
+    true = gt[:, :10].astype(np.int64)
+    r1 = float(np.mean(top[:, 0] == true[:, 0]))
+    # Ground-truth ids are distinct: |top10 & gt10| = how many gt10 ids occur in top10.
+    hits = int((true[:, :, None] == top[:, None, :]).any(axis=2).sum())
     return r1, hits / (10.0 * len(gt))
 
 
@@ -179,37 +185,79 @@ _CACHE_THRESHOLD_GIB = 1.0
 _MAX_PQ_CHUNKS = 512
 
 
-def _pq_bytes_for_budget(budget_gib: float, n: int, d: int) -> int:
-    """PQ bytes per vector DiskANN derives from ``search_memory_maximum``.
+def _bytes_per_vector(budget_gib: float, n: int) -> float:
+    """Unfloored PQ bytes per vector DiskANN derives from ``search_memory_maximum``.
 
-    Mirrors ``get_memory_budget`` + ``calculate_num_pq_chunks``; diskannpy passes
-    the budget through ``std::to_string`` (6 decimals), which is modelled too.
+    Mirrors ``get_memory_budget`` + ``calculate_num_pq_chunks`` in DiskANN's
+    disk_utils.cpp; diskannpy passes the budget through ``std::to_string``
+    (6 decimals), which is modelled too.
     """
     b = float(f"{budget_gib:.6f}")
     if b - _CACHE_SLACK_GIB > _CACHE_THRESHOLD_GIB:
         b -= _CACHE_SLACK_GIB
-    chunks = int(b * _GIB / n)
-    return max(1, min(chunks, d, _MAX_PQ_CHUNKS))
+    return b * _GIB / n
+
+
+def _pq_bytes_for_budget(budget_gib: float, n: int, d: int) -> int:
+    """PQ bytes per vector (= PQ chunks) DiskANN uses for this budget."""
+    return max(1, min(int(_bytes_per_vector(budget_gib, n)), d, _MAX_PQ_CHUNKS))
 
 
 def search_memory_budget_gib(n: int, d: int, pq_fraction: float) -> tuple[float, int]:
     """Choose ``search_memory_maximum`` (GiB) so the in-RAM PQ codes are
     about ``pq_fraction`` of the raw float32 vectors (``n * d * 4`` bytes).
 
+    DiskANN sizes its PQ codes as ``floor(budget / n)`` bytes per vector (capped at
+    ``d`` and 512).  The budget is picked on diskannpy's 6-decimal grid so that the
+    unfloored ratio lands as close as possible to ``target + 0.5`` (safely inside
+    the target's bucket); for a tiny ``n`` the grid may be too coarse, and the
+    closest achievable size is used.
+
     Returns (budget in GiB, expected PQ bytes per vector).
     """
-    target = max(1, min(int(round(pq_fraction * d * 4)), d, _MAX_PQ_CHUNKS))
-    budget = (target + 0.5) * n / _GIB  # half a byte per vector of headroom against flooring
-    if budget > _CACHE_THRESHOLD_GIB:
-        budget += _CACHE_SLACK_GIB
-    budget = np.ceil(budget * 1e6) / 1e6  # what survives std::to_string
-    return float(budget), _pq_bytes_for_budget(float(budget), n, d)
+    target = max(1, min(round(pq_fraction * d * 4), d, _MAX_PQ_CHUNKS))
+    ideal = (target + 0.5) * n / _GIB
+    if ideal > _CACHE_THRESHOLD_GIB:
+        ideal += _CACHE_SLACK_GIB
+    centre = round(ideal * 1e6)
+    candidates = [max(step, 1) / 1e6 for step in range(centre - 2, centre + 3)]
+
+    def badness(b: float) -> tuple[int, float]:
+        return (
+            abs(_pq_bytes_for_budget(b, n, d) - target),
+            abs(_bytes_per_vector(b, n) - (target + 0.5)),
+        )
+
+    best = min(candidates, key=badness)
+    return best, _pq_bytes_for_budget(best, n, d)
 
 
 def _written_pq_bytes(index_dir: Path) -> int:
     """PQ bytes per vector actually used, from the ``_pq_compressed.bin`` header."""
     header = np.fromfile(index_dir / f"{INDEX_PREFIX}_pq_compressed.bin", dtype=np.int32, count=2)
     return int(header[1])
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def _keep_freed_memory() -> bool:
+    """Stop glibc malloc from returning big blocks to the kernel (build only).
+
+    DiskANN's PQ training allocates and frees an ``n x 256`` float matrix per
+    k-means iteration per chunk; above glibc's 32 MiB mmap cap every one of those
+    is a fresh mmap whose pages fault in zeroed (tens of millions of minor faults
+    for 392 chunks).  Serving them from the heap and never trimming it cuts the PQ
+    phase substantially without changing what is built.  Returns False where
+    ``mallopt`` is unavailable (non-glibc), in which case nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
@@ -239,6 +287,8 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
         "diskann_metric": _diskann_metric(meta["metric"]),
     }
     _log(f"building n={n} d={d} {params}")
+    if not _keep_freed_memory():
+        _log("mallopt unavailable: PQ training will run with default malloc settings")
 
     # The vector bin file DiskANN builds from is an input, not part of the index:
     # keep it outside index_dir so disk_bytes counts only what search needs.
@@ -262,6 +312,12 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
         )
         build_s = time.perf_counter() - t0
 
+    # DiskANN leaves the in-memory build's copy of the vectors behind; search never
+    # reads it (the full-precision vectors live in _disk.index), so drop it.
+    leftover = index_dir / f"{INDEX_PREFIX}_mem.index.data"
+    if leftover.exists():
+        _log(f"removing build leftover {leftover.name} ({leftover.stat().st_size} bytes)")
+        leftover.unlink()
     params["pq_bytes"] = _written_pq_bytes(index_dir)
     if params["pq_bytes"] != pq_expected:
         _log(f"warning: expected {pq_expected} PQ bytes/vector, DiskANN used {params['pq_bytes']}")
@@ -282,8 +338,8 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
 
 def _search_one_setting(
     index: diskannpy.StaticDiskIndex,
-    queries: np.ndarray,
-    gt: np.ndarray,
+    queries: FloatArray,
+    gt: AnyArray,
     k: int,
     complexity: int,
     beam_width: int,
@@ -292,10 +348,13 @@ def _search_one_setting(
     """Warm up, then measure the batch pass and the single-query pass."""
     nq = len(queries)
 
-    def batch() -> np.ndarray:
+    def batch() -> AnyArray:
         res = index.batch_search(
-            queries, k_neighbors=k, complexity=complexity,
-            num_threads=SEARCH_THREADS, beam_width=beam_width,
+            queries,
+            k_neighbors=k,
+            complexity=complexity,
+            num_threads=SEARCH_THREADS,
+            beam_width=beam_width,
         )
         return np.asarray(res.identifiers)
 
@@ -322,7 +381,7 @@ def _search_one_setting(
     single_read = _read_bytes() - rb0
 
     r1, r10 = _recalls(single_ids, gt)
-    r1_b, r10_b = _recalls(batch_ids, gt)
+    _, r10_b = _recalls(batch_ids, gt)
     _log(
         f"L={complexity} W={beam_width}: recall@10 single={r10:.4f} batch={r10_b:.4f} "
         f"batch_read/q={batch_read / nq:.0f}B single_read/q={single_read / nq:.0f}B"
@@ -357,6 +416,7 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> None:
     # Baseline: interpreter + numpy + diskannpy + the query/gt arrays, so that
     # rss_serving_mb is what the loaded index costs.
     baseline_rss = _vm_rss_bytes()
+    _log(f"baseline VmRSS {baseline_rss / 2**20:.1f} MiB")
 
     if args.cold:
         _drop_page_cache(index_dir)
@@ -368,10 +428,15 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> None:
             index_directory=str(index_dir),
             num_threads=SEARCH_THREADS,
             num_nodes_to_cache=args.cache_nodes,
+            # 1 = pick cached nodes by replaying _sample_data.bin queries; that replay
+            # (thousands of O_DIRECT searches) runs even for 0 nodes, so disable it then.
+            cache_mechanism=1 if args.cache_nodes > 0 else 0,
             index_prefix=INDEX_PREFIX,
         )
     )
-    _log(f"index loaded in {load_s:.3f}s, read {(_read_bytes() - rb0) / 2**20:.1f} MiB from storage")
+    _log(
+        f"index loaded in {load_s:.3f}s, read {(_read_bytes() - rb0) / 2**20:.1f} MiB from storage"
+    )
     disk_bytes = _dir_bytes(index_dir)
 
     for complexity in complexities:
@@ -423,7 +488,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--graph-degree", type=int, default=64, help="R (max out-degree)")
     b.add_argument("--complexity", type=int, default=100, help="L used while building")
     b.add_argument(
-        "--pq-fraction", type=float, default=0.125,
+        "--pq-fraction",
+        type=float,
+        default=0.125,
         help="in-RAM PQ codes as a fraction of the raw float32 vectors (default 1/8)",
     )
     b.add_argument("--threads", type=int, default=0, help="build threads (0 = all cores)")
@@ -436,7 +503,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--complexities", required=True, help="comma-separated search L values")
     s.add_argument("--beam-width", type=int, default=2, help="W, max parallel IOs per hop")
-    s.add_argument("--cold", action="store_true", help="evict index files from the page cache first")
+    s.add_argument(
+        "--cold", action="store_true", help="evict index files from the page cache first"
+    )
     s.add_argument("--cache-nodes", type=int, default=0, help="nodes cached in RAM (default 0)")
     s.add_argument("--warmup", type=int, default=100, help="single queries run as warm-up")
     return p

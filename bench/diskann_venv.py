@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["REQUIREMENTS", "VENV_DIRNAME", "ensure_venv", "venv_python"]
 
