@@ -51,16 +51,24 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux /proc; peak RSS elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss_bytes()
+    return _status_bytes("VmRSS:")
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far."""
+    """Peak resident set size of this process so far.
+
+    Linux's VmHWM, not getrusage's ru_maxrss: the latter survives fork and exec, so a build
+    started from a large parent would report the parent's peak.
+    """
+    return _status_bytes("VmHWM:")
+
+
+def _status_bytes(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
