@@ -28,7 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/anns bench $(DATASET) --out bench/results.json
+	$(BIN)/anns bench $(DATASET)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)
