@@ -22,8 +22,15 @@ def test_exact_knn_is_brute_force(metric: str, data: tuple[np.ndarray, np.ndarra
     ids, dist = exact_knn(base, queries, k, metric)  # type: ignore[arg-type]
     want_ids, want = brute_force(base, np.arange(len(base)), queries, k, metric)
     m = min(k, len(base))
-    np.testing.assert_array_equal(ids, want_ids[:, :m])
     np.testing.assert_allclose(dist, want[:, :m], rtol=1e-4, atol=1e-4)
+    # ids must agree except between neighbours whose distances tie within float32 rounding
+    # (faiss computes in float32, the oracle in float64)
+    differ = ids != want_ids[:, :m]
+    tied = np.zeros_like(differ)
+    close = np.isclose(want[:, 1:m], want[:, : m - 1], rtol=1e-4, atol=1e-5)
+    tied[:, 1:] |= close
+    tied[:, :-1] |= close
+    assert not (differ & ~tied).any(), (ids, want_ids[:, :m])
 
 
 def test_recall_at() -> None:
