@@ -239,11 +239,15 @@ def _rerank(
                 0, 0)
     unique, inverse = np.unique(cand[valid], return_inverse=True)
     blobs = view.storage.get_vectors(unique)
-    present = np.array([b is not None for b in blobs], dtype=bool)
-    vectors = np.zeros((len(unique), view.dim), dtype=np.float32)
-    if present.any():
-        joined = b"".join(b for b in blobs if b is not None)
-        vectors[present] = np.frombuffer(joined, dtype="<f4").reshape(-1, view.dim)
+    if blobs.count(None) == 0:  # the common case: one C-level join, no per-candidate loop
+        present = np.ones(len(unique), dtype=bool)
+        vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, view.dim)  # type: ignore[arg-type]
+    else:  # some candidates were deleted since their posting was scanned
+        present = np.array([b is not None for b in blobs], dtype=bool)
+        vectors = np.zeros((len(unique), view.dim), dtype=np.float32)
+        if present.any():
+            joined = b"".join(b for b in blobs if b is not None)
+            vectors[present] = np.frombuffer(joined, dtype="<f4").reshape(-1, view.dim)
     nbytes = int(present.sum()) * 4 * view.dim
 
     slot = np.zeros(cand.shape, dtype=np.int64)

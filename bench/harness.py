@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from anns import memory
+
 #: The keys every benchmark row has (DESIGN.md section 6); other tools read them.
 ROW_KEYS = (
     "system", "params", "recall@1", "recall@10", "qps_batch", "qps_single", "p50_ms", "p99_ms",
@@ -61,7 +63,7 @@ def _status_kib(field: str) -> int:
 
 def rss_bytes() -> int:
     """Current resident set size of this process (``VmRSS``), in bytes."""
-    return _status_kib("VmRSS") * 1024
+    return memory.rss_bytes()
 
 
 def rss_anon_bytes() -> int:
@@ -70,13 +72,8 @@ def rss_anon_bytes() -> int:
 
 
 def peak_rss_mb() -> float:
-    """Peak RSS of this process so far (``VmHWM``), in MiB.
-
-    Not ``getrusage().ru_maxrss``: Linux carries that across fork and execve, so a subprocess
-    started by a 400 MB parent reports at least 400 MB however little it uses itself. VmHWM
-    belongs to the address space, which execve replaces.
-    """
-    return _status_kib("VmHWM") / 1024.0
+    """Peak RSS of this process so far (``VmHWM``, see :func:`anns.memory.peak_rss_bytes`)."""
+    return memory.peak_rss_bytes() / 2**20
 
 
 _T = TypeVar("_T")
