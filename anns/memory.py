@@ -7,8 +7,15 @@ free pages (``malloc_trim``); elsewhere (musl, macOS) it does nothing.
 
 glibc also gives every thread that allocates its own arena (up to 8 per core), and each
 arena keeps its own free memory: the I/O threads of a multi-get would each hold a few MiB of
-freed read buffers. :func:`limit_malloc_arenas` caps the arena count (``mallopt(M_ARENA_MAX)``)
-before those threads start; the cost is a little more lock contention inside malloc.
+freed read buffers. And glibc raises its mmap threshold each time a large mmapped block is
+freed, so after the first big batch every later buffer of that size comes from the heap,
+where a few live small objects pin the pages around it. :func:`configure_malloc`, called
+before the database and its threads start, caps the arena count (``M_ARENA_MAX``) and fixes
+the mmap threshold at 256 KiB (``M_MMAP_THRESHOLD``): blocks above it (fetched postings,
+scan buffers) are mapped and unmapped with the call that uses them. The costs are a little
+more lock contention inside malloc and page faults on fresh mappings, both small next to a
+batch's reads. These are process-wide settings: an embedding program that tunes malloc
+itself can call it first; ours only lower limits.
 """
 
 from __future__ import annotations
@@ -39,14 +46,16 @@ def release_freed_heap() -> None:
         libc.malloc_trim(0)
 
 
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's mallopt parameter numbers
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas for threads created from now on (no-op elsewhere)."""
+@lru_cache(maxsize=1)
+def configure_malloc(arenas: int = 2, mmap_threshold: int = 256 << 10) -> None:
+    """Cap glibc's malloc arenas and fix its mmap threshold (once per process; no-op elsewhere)."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(_M_ARENA_MAX, arenas)
+        libc.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
 
 
 def rss_bytes() -> int:

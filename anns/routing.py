@@ -102,6 +102,28 @@ def _rng_filter(cand: np.ndarray, dist: np.ndarray, closure: np.ndarray) -> np.n
 
 
 # --------------------------------------------------------------------------------- router
+class _IndexMemory:
+    """Exposes the vectors of a flat faiss index to numpy, keeping the index alive: an array
+    made from it has this object as its base, so the memory outlives every Router holding it."""
+
+    def __init__(self, index: faiss.Index, n: int, d: int) -> None:
+        flat = faiss.downcast_index(index.storage) if isinstance(index, faiss.IndexHNSW) else index
+        self._index = index
+        self.__array_interface__ = {
+            "shape": (n, d),
+            "typestr": "<f4",
+            "data": (int(flat.get_xb()), True),  # read-only
+            "version": 3,
+        }
+
+
+def _stored_vectors(index: faiss.Index, n: int, d: int) -> np.ndarray:
+    """A read-only numpy view of the vectors a flat (or HNSW-flat) faiss index stores."""
+    if n == 0:
+        return np.empty((0, d), dtype=np.float32)
+    return np.asarray(_IndexMemory(index, n, d))
+
+
 class Router:
     """Centroids in RAM and the faiss index over them.
 
@@ -110,10 +132,12 @@ class Router:
     """
 
     def __init__(self, centroids: np.ndarray, kind: CentroidIndexKind, hnsw_threshold: int):
-        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.kind = kind
         self.hnsw_threshold = hnsw_threshold
-        self.index = self._make_index(self.centroids)
+        self.index = self._make_index(np.ascontiguousarray(centroids, dtype=np.float32))
+        # the centroids live once, in the faiss index; this is a read-only view of them
+        # (a Router never changes after construction, so the view stays valid)
+        self.centroids = _stored_vectors(self.index, len(centroids), centroids.shape[1])
 
     @property
     def size(self) -> int:
@@ -123,14 +147,15 @@ class Router:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def resolved_kind(self) -> str:
+    def resolved_kind(self, count: int | None = None) -> str:
         if self.kind == "auto":
-            return "hnsw" if len(self.centroids) >= self.hnsw_threshold else "flat"
+            n = self.size if count is None else count
+            return "hnsw" if n >= self.hnsw_threshold else "flat"
         return self.kind
 
     def _make_index(self, centroids: np.ndarray) -> faiss.Index:
         d = centroids.shape[1]
-        if self.resolved_kind() == "hnsw":
+        if self.resolved_kind(len(centroids)) == "hnsw":
             index = faiss.IndexHNSWFlat(d, 32)
             index.hnsw.efConstruction = 80
             index.hnsw.efSearch = 128

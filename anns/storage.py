@@ -33,7 +33,7 @@ import numpy as np
 import rocksdict
 
 from anns.config import StorageConfig
-from anns.memory import limit_malloc_arenas
+from anns.memory import configure_malloc
 from anns.errors import (
     CollectionExistsError,
     CollectionNotFoundError,
@@ -191,7 +191,7 @@ class Storage:
 
     @staticmethod
     def _open_db(p: Path, config: StorageConfig, *, create: bool) -> rocksdict.Rdict:
-        limit_malloc_arenas()  # before RocksDB and the I/O pool start their threads
+        configure_malloc()  # before RocksDB and the I/O pool start their threads
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(create)
         opts.create_missing_column_families(create)

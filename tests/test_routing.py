@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 
 import hypothesis.strategies as st
@@ -178,3 +179,18 @@ def test_router_bytes_round_trip(kind: str) -> None:
 def test_auto_picks_hnsw_from_the_threshold() -> None:
     assert Router(S.gaussian(0, 9, 4), "auto", 10).resolved_kind() == "flat"
     assert Router(S.gaussian(0, 10, 4), "auto", 10).resolved_kind() == "hnsw"
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_centroids_are_a_read_only_view_that_outlives_the_router(kind: str) -> None:
+    """The centroids are stored once, in the faiss index; the numpy view keeps it alive."""
+    rng = np.random.default_rng(3)
+    given_centroids = rng.standard_normal((40, 6)).astype(np.float32)
+    router = Router(given_centroids, kind, hnsw_threshold=10)  # type: ignore[arg-type]
+    view = router.centroids
+    del router
+    gc.collect()
+    churn = [Router(rng.standard_normal((40, 6)).astype(np.float32), kind, 10) for _ in range(20)]  # type: ignore[arg-type]
+    assert churn and np.array_equal(view, given_centroids)
+    with pytest.raises(ValueError):
+        view[0, 0] = 1.0
