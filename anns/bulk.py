@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from anns.basis import Basis, fit_basis
 from anns.config import IndexConfig, StorageConfig, validated
 from anns.errors import DimensionMismatchError, DTypeError, InvalidArgumentError
 from anns.formats import drop_resident_pages, open_ids, open_matrix
@@ -39,7 +40,7 @@ from anns.memory import peak_rss_bytes, release_freed_heap, rss_bytes
 from anns.quantization import make_codec
 from anns.routing import Router, balanced_clusters
 from anns.storage import Storage, encode_posting, encode_record
-from anns.vectors import as_ids, as_vectors
+from anns.vectors import as_ids, as_vectors, prefix
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ class _Builder:
         # None lets tqdm draw only on a terminal: piped stderr (logs, CI) gets no bar frames
         self._bar_off: bool | None = None if progress else True
         self._unflushed = 0
+        self.basis: Basis | None = None  # fitted in _train; from then on _rows applies it
 
     def run(self, started: float) -> BuildSummary:
         cfg = self.cfg
@@ -178,6 +180,8 @@ class _Builder:
         _log_stage("wrote postings", router.size)
 
         meta = self.store.batch()
+        assert self.basis is not None
+        meta.put_meta("basis", self.basis.to_bytes())
         meta.put_meta("router", router.to_bytes())
         meta.put_meta("codec", codec.to_bytes())
         meta.put_meta("count", str(self.n).encode())
@@ -228,8 +232,9 @@ class _Builder:
             self._unflushed = 0
 
     def _rows(self, which: slice | np.ndarray) -> np.ndarray:
-        """Validated float32 copy of some input rows (normalised for cosine); the input's
-        pages are dropped from RSS afterwards, so memory stays bounded by the copies."""
+        """Validated float32 copy of some input rows (normalised for cosine), in the
+        collection basis once it is fitted; the input's pages are dropped from RSS
+        afterwards, so memory stays bounded by the copies."""
         rows = np.arange(self.n)[which] if isinstance(which, slice) else which
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for s in range(0, len(rows), self.chunk):  # bounded reads of the mapping at a time
@@ -237,7 +242,7 @@ class _Builder:
             src = self.x[part[0] : part[-1] + 1] if _is_run(part) else self.x[part]
             out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
             drop_resident_pages(self.x)
-        return out
+        return out if self.basis is None else self.basis.apply(out)
 
     def _train(self) -> tuple[Router, Any]:
         cfg = self.cfg
@@ -245,16 +250,23 @@ class _Builder:
         size = min(self.n, max(1, int(cfg.train_sample_mb * (1 << 20) / (4 * self.dim))))
         rows = np.sort(rng.choice(self.n, size, replace=False)) if size < self.n else None
         sample = self._rows(rows if rows is not None else slice(0, self.n))
+        self.basis = fit_basis(sample, cfg)
+        sample = self.basis.apply(sample)
+        log.info(
+            "basis %s: the first %d dims (d_route) keep %.1f%% of the energy, %d (d_scan) %.1f%%",
+            self.basis.kind, cfg.route_dims, 100 * self.basis.prefix_energy(cfg.route_dims),
+            cfg.scan_dims, 100 * self.basis.prefix_energy(cfg.scan_dims),
+        )
         # leaves of the sample scaled so that each holds ~posting_size vectors of the whole
         leaf = max(1, round(cfg.posting_size * size / self.n))
         log.info("clustering a sample of %d vectors into leaves of %d", size, leaf)
         centroids, _ = balanced_clusters(
-            sample, leaf, iters=cfg.kmeans_iters, seed=cfg.seed
+            prefix(sample, cfg.route_dims), leaf, iters=cfg.kmeans_iters, seed=cfg.seed
         )
-        codec = make_codec(cfg.codec, self.dim, cfg.metric)
+        codec = make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m)
         if len(sample) > _CODEC_SAMPLE:
             sample = sample[np.sort(rng.choice(len(sample), _CODEC_SAMPLE, replace=False))]
-        codec.train(sample)
+        codec.train(prefix(sample, cfg.scan_dims))
         return Router(centroids, cfg.centroid_index, cfg.hnsw_threshold), codec
 
     def _assign(self, router: Router) -> tuple[np.ndarray, np.ndarray, Router]:
@@ -264,7 +276,7 @@ class _Builder:
             rep = np.empty((self.n, cfg.replica_cap), dtype=np.int32)
             dist = np.empty((self.n, cfg.replica_cap), dtype=np.float32)
             for s, block in self._chunks(f"assign {round_ + 1}"):
-                r, d = router.replicas(block, cfg.replica_cap, cfg.eps1)
+                r, d = router.replicas(prefix(block, cfg.route_dims), cfg.replica_cap, cfg.eps1)
                 rep[s : s + len(block)] = r
                 dist[s : s + len(block)] = d
             primaries = np.bincount(rep[:, 0], minlength=router.size)
@@ -280,7 +292,7 @@ class _Builder:
         added: list[np.ndarray] = []
         for pid in over.tolist():
             rows = np.flatnonzero(primary == pid)
-            members = self._rows(rows)
+            members = prefix(self._rows(rows), cfg.route_dims)
             centroids, _ = balanced_clusters(
                 members, cfg.posting_size, iters=cfg.kmeans_iters,
                 seed=cfg.seed + pid,
@@ -288,7 +300,7 @@ class _Builder:
             replaced[pid] = centroids[0]
             added.extend(centroids[1:])
         log.info("split %d oversized postings into %d", len(over), len(over) + len(added))
-        extra = np.array(added, dtype=np.float32).reshape(-1, self.dim)
+        extra = np.array(added, dtype=np.float32).reshape(-1, cfg.route_dims)
         return router.with_centroids(replaced, extra)
 
     def _cap(self, rep: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +360,7 @@ class _Builder:
                 a, b = int(starts[pid]), int(ends[last - 1])
                 rows = row[a:b]
                 uniq, inverse = np.unique(rows, return_inverse=True)
-                codes = codec.encode(self._rows(uniq))[inverse]
+                codes = codec.encode(prefix(self._rows(uniq), self.cfg.scan_dims))[inverse]
                 entry_ids = self.ids[rows]
                 batch = self.store.batch()
                 for p in range(pid, last):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from anns.errors import InvalidArgumentError
 
 Metric = Literal["l2", "ip", "cosine"]
-CodecName = Literal["sq8", "flat"]
+CodecName = Literal["sq8", "flat", "opq"]
 CentroidIndexKind = Literal["auto", "flat", "hnsw"]
 
 #: Largest k a search accepts. Results are materialised as dense [q, k] arrays and every
@@ -62,9 +62,35 @@ class IndexConfig(_Frozen):
     dist(x, c_1) (true Euclidean distances), subject to the RNG rule and replica_cap."""
 
     codec: CodecName = "sq8"
-    """What postings hold for the scan. ``sq8``: one byte per dimension (faiss 8-bit scalar
-    quantizer trained at build), a quarter of the bytes read of ``flat`` (float32); the exact
-    rerank on full vectors repairs its ranking error."""
+    """What postings hold for the scan, for the first ``d_scan`` dims of each vector.
+    ``sq8``: one byte per dimension (faiss 8-bit scalar quantizer), a quarter of the bytes of
+    ``flat`` (float32). ``opq``: ``pq_m`` bytes per vector (a learned OPQ rotation, then
+    product quantization), scanned by table look-ups (ADC): far fewer bytes read and scanned
+    per posting, at more ranking error for the rerank to repair. The exact rerank on full
+    vectors follows every codec."""
+
+    pq_m: int = Field(default=64, ge=1, le=4096)
+    """``opq`` only: sub-quantizers, i.e. bytes per code (8 bits each). Capped at ``d_scan``;
+    when it does not divide ``d_scan`` the OPQ rotation maps onto the largest multiple of it.
+    Raising it makes codes more exact and postings bigger."""
+
+    matryoshka: bool = False
+    """True when the embedding model is Matryoshka-trained (its prefixes are embeddings):
+    vectors are used as given. False: a PCA rotation learned at build orders the dims by
+    energy so that prefixes carry the most information first (exact distances unchanged)."""
+
+    d_route: int | None = Field(default=None, ge=1)
+    """Dims the clustering and routing use (None: all). The centroids live in RAM at this dim,
+    so memory and routing time scale with it; too few dims route queries to the wrong
+    postings. A search may route on fewer."""
+
+    d_scan: int | None = Field(default=None, ge=1)
+    """Dims the postings' codes hold (None: all); at least ``d_route``. Fewer dims make each
+    code byte carry more of what matters (AdANNS); too few lose ranking the rerank must
+    repair. Fixed by what is stored: a search cannot change it."""
+
+    d_rerank: int | None = Field(default=None, ge=1)
+    """Dims of the exact rerank on full vectors (None: all). A search may use fewer."""
 
     train_sample_mb: float = Field(default=128.0, gt=0)
     """MiB of input vectors sampled to train clustering and the codec (all of a smaller input).
@@ -91,7 +117,28 @@ class IndexConfig(_Frozen):
                 f"max_posting_size {self.max_posting_size} is smaller than "
                 f"posting_size {self.posting_size}"
             )
+        for name in ("d_route", "d_scan", "d_rerank"):
+            value = getattr(self, name)
+            if value is not None and value > self.dim:
+                raise ValueError(f"{name} {value} is larger than dim {self.dim}")
+        if self.route_dims > self.scan_dims:
+            raise ValueError(
+                f"d_route {self.route_dims} is larger than d_scan {self.scan_dims}: routing "
+                f"uses a prefix of the scanned dims"
+            )
         return self
+
+    @property
+    def route_dims(self) -> int:
+        return self.d_route or self.dim
+
+    @property
+    def scan_dims(self) -> int:
+        return self.d_scan or self.dim
+
+    @property
+    def rerank_dims(self) -> int:
+        return self.d_rerank or self.dim
 
 
 class StorageConfig(_Frozen):
@@ -137,6 +184,14 @@ class SearchParams(_Frozen):
     queries (ordered so that queries sharing postings go together) whose postings fit; each
     posting is read once per chunk. Raising it lets more queries share one read of a posting
     (fewer reads per batch) at the cost of that much transient memory."""
+
+    d_route: int | None = Field(default=None, ge=1)
+    """Route on this many dims (None: the collection's ``d_route``); at most that. Fewer is
+    cheaper routing in RAM and coarser choice of postings."""
+
+    d_rerank: int | None = Field(default=None, ge=1)
+    """Rerank on this many dims (None: the collection's ``d_rerank``); at most ``dim``. Fewer
+    is cheaper arithmetic (not fewer bytes read) and approximate final distances."""
 
     def rerank_depth(self, k: int) -> int:
         """Number of candidates reranked exactly for a search of ``k`` neighbours."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from anns.basis import Basis, fit_basis
 from anns.config import IndexConfig, SearchParams, StorageConfig, validated
 from anns.errors import (
     CollectionClosedError,
@@ -34,7 +35,6 @@ from anns.quantization import Codec, load_codec, make_codec
 from anns.routing import Router, balanced_clusters
 from anns.search import ReadView, SearchResult, search
 from anns.storage import (
-    FORMAT_VERSION,
     TOMBSTONE,
     Batch,
     Storage,
@@ -43,7 +43,7 @@ from anns.storage import (
     encode_posting,
     encode_record,
 )
-from anns.vectors import as_ids, as_vectors, check_k
+from anns.vectors import as_ids, as_vectors, check_k, prefix
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,13 @@ class Collection:
         self._closed = False
         router_blob, codec_blob = storage.get_meta("router"), storage.get_meta("codec")
         if router_blob is not None and codec_blob is not None:
+            basis_blob = storage.get_meta("basis")
+            # format 1 stored raw vectors: its basis is the identity
+            basis = Basis.from_bytes(basis_blob) if basis_blob else Basis.identity(config.dim)
             router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
-            codec = load_codec(config.codec, config.dim, config.metric, codec_blob)
-            self._view = self._make_view(router, codec)
-            del router_blob, codec_blob
+            codec = load_codec(config.codec, config.scan_dims, config.metric, codec_blob)
+            self._view = self._make_view(basis, router, codec)
+            del router_blob, codec_blob, basis_blob
             release_freed_heap()  # the read buffers of the blobs
 
     # ------------------------------------------------------------------------- lifecycle
@@ -155,9 +158,17 @@ class Collection:
         summary = self._storage.get_meta("build_summary")
         return {
             "path": str(self.path),
-            "format_version": FORMAT_VERSION,
+            "format_version": self._storage.format_version,
             "config": self.config.model_dump(),
             "count": self.count(),
+            "basis": view.basis.kind if view else None,
+            "stage_dims": {
+                "d_route": view.d_route, "d_scan": view.d_scan, "d_rerank": view.d_rerank,
+            } if view else None,
+            "prefix_energy": {
+                "d_route": round(view.basis.prefix_energy(view.d_route), 4),
+                "d_scan": round(view.basis.prefix_energy(view.d_scan), 4),
+            } if view else None,
             "postings": view.router.size if view else 0,
             "centroid_index": view.router.resolved_kind() if view else None,
             "code_size": view.codec.code_size if view else None,
@@ -179,7 +190,8 @@ class Collection:
         """The ``k`` nearest stored vectors of each query.
 
         ``queries``: float [q, dim] (or one [dim] vector). ``params`` or keyword knobs
-        (``max_postings``, ``eps2``, ``refine_factor``, ``fetch_budget_mb``) tune the search. See
+        (``max_postings``, ``eps2``, ``refine_factor``, ``fetch_budget_mb``, ``d_route``,
+        ``d_rerank``) tune the search. See
         :class:`SearchResult` for the shapes, ordering and -1 padding of the result.
         """
         self._check_open()
@@ -197,7 +209,11 @@ class Collection:
         return SearchResult(ids, distances, stats if return_stats else None)
 
     def get(self, ids: Any) -> np.ndarray:
-        """Full stored vectors of ``ids`` as float32 [n, dim]; NotFoundError names missing ids."""
+        """Full stored vectors of ``ids`` as float32 [n, dim]; NotFoundError names missing ids.
+
+        Vectors are stored in the collection basis; a PCA basis maps them back with float32
+        rounding (about 1e-7 relative), so they equal what was added up to that (cosine
+        collections return the normalised vectors)."""
         self._check_open()
         ids = as_ids(ids)
         blobs = self._storage.get_vectors(ids)
@@ -206,7 +222,10 @@ class Collection:
             raise NotFoundError(f"{len(missing)} id(s) not stored, e.g. {missing[:5]}")
         if not len(ids):
             return np.empty((0, self.dim), dtype=np.float32)
-        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), self.dim).copy()  # type: ignore[arg-type]
+        stored = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), self.dim)  # type: ignore[arg-type]
+        # back from the collection basis: the vector as given, up to float32 rounding of
+        # the rotation (exact for an identity basis)
+        return self._require_view().basis.invert(stored.copy())
 
     def contains(self, ids: Any) -> np.ndarray:
         """bool [n]: which ids are stored (and not deleted)."""
@@ -282,14 +301,15 @@ class Collection:
             view = self._view or self._bootstrap(x, batch)
             router, codec = view.router, view.codec
             cfg = self.config
+            x = view.basis.apply(x)
 
-            rep, _ = router.replicas(x, cfg.replica_cap, cfg.eps1)
+            rep, _ = router.replicas(prefix(x, view.d_route), cfg.replica_cap, cfg.eps1)
             rows, slots = np.nonzero(rep >= 0)
             target = rep[rows, slots]
             touched = np.unique(np.concatenate([target, *old_pids]))
             postings = self._read_postings(touched, view)
             entries_before = sum(len(p_ids) for p_ids, _ in postings.values())
-            codes = codec.encode(x)
+            codes = codec.encode(prefix(x, view.d_scan))
             replaced = ids[live]
 
             order = np.argsort(target, kind="stable")
@@ -305,7 +325,7 @@ class Collection:
                     np.concatenate([cur_ids, ids[new_rows]]),
                     np.concatenate([cur_codes, codes[new_rows]]),
                 )
-            router, moves = self._split_oversized(postings, router, codec)
+            router, moves = self._split_oversized(postings, router, codec, view.d_route)
             rep = self._apply_moves_to_batch_rows(rep, ids, moves)
             self._rewrite_moved_records(moves, set(ids.tolist()), batch)
 
@@ -321,28 +341,35 @@ class Collection:
             batch.put_meta("next_id", str(next_id).encode())
             if router is not view.router:
                 batch.put_meta("router", router.to_bytes())
-            view = self._make_view(router, codec, entries=self._entries() + entries_delta)
+            view = self._make_view(
+                view.basis, router, codec, entries=self._entries() + entries_delta
+            )
             with self._commit.write():
                 self._storage.write(batch)
                 self._view = view
             return ids
 
     def _bootstrap(self, x: np.ndarray, batch: Batch) -> ReadView:
-        """Train routing and the codec on the first batch written to an empty collection."""
+        """Fit the basis and train routing and the codec on the first batch written to an
+        empty collection (raw vectors)."""
         cfg = self.config
+        basis = fit_basis(x, cfg)
+        x = basis.apply(x)
         centroids, _ = balanced_clusters(
-            x, cfg.posting_size, iters=cfg.kmeans_iters, seed=cfg.seed
+            prefix(x, cfg.route_dims), cfg.posting_size, iters=cfg.kmeans_iters, seed=cfg.seed
         )
-        codec = make_codec(cfg.codec, cfg.dim, cfg.metric)
-        codec.train(x)
+        codec = make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m)
+        codec.train(prefix(x, cfg.scan_dims))
         router = Router(centroids, cfg.centroid_index, cfg.hnsw_threshold)
+        batch.put_meta("basis", basis.to_bytes())
         batch.put_meta("router", router.to_bytes())
         batch.put_meta("codec", codec.to_bytes())
         log.info("trained routing (%d postings) and codec on the first batch", router.size)
-        return self._make_view(router, codec)
+        return self._make_view(basis, router, codec)
 
     def _split_oversized(
-        self, postings: dict[int, tuple[np.ndarray, np.ndarray]], router: Router, codec: Codec
+        self, postings: dict[int, tuple[np.ndarray, np.ndarray]], router: Router, codec: Codec,
+        d_route: int,
     ) -> tuple[Router, list[tuple[int, int, np.ndarray]]]:
         """Split postings over max_posting_size (in place); returns the new router and moves
         (old posting, new posting, ids moved)."""
@@ -354,8 +381,10 @@ class Collection:
         for pid in [p for p, (i, _) in postings.items() if len(i) > cfg.max_posting_size]:
             p_ids, p_codes = postings[pid]
             leaf = max(1, cfg.max_posting_size * 2 // 3)
+            # the codes' dims start with the routing prefix (d_route <= d_scan)
             centroids, labels = balanced_clusters(
-                codec.decode(p_codes), leaf, iters=cfg.kmeans_iters, seed=cfg.seed + pid
+                prefix(codec.decode(p_codes), d_route), leaf, iters=cfg.kmeans_iters,
+                seed=cfg.seed + pid,
             )
             replaced[pid] = centroids[0]
             postings[pid] = (p_ids[labels == 0], p_codes[labels == 0])
@@ -432,12 +461,16 @@ class Collection:
         """Posting entries stored (vectors counted once per posting holding them)."""
         return int(self._storage.get_meta("entries") or b"0")
 
-    def _make_view(self, router: Router, codec: Codec, entries: int | None = None) -> ReadView:
+    def _make_view(
+        self, basis: Basis, router: Router, codec: Codec, entries: int | None = None
+    ) -> ReadView:
         entries = self._entries() if entries is None else entries
         mean_len = max(1.0, entries / max(router.size, 1))
+        cfg = self.config
         return ReadView(
-            self._storage, router, codec, self.config.metric, self.config.dim,
-            posting_bytes=mean_len * (8 + codec.code_size), replica_cap=self.config.replica_cap,
+            self._storage, router, codec, cfg.metric, cfg.dim,
+            posting_bytes=mean_len * (8 + codec.code_size), replica_cap=cfg.replica_cap,
+            basis=basis, d_scan=codec.dim, d_rerank=cfg.rerank_dims,
         )
 
     def _require_view(self) -> ReadView:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 
 import faiss
 import numpy as np
@@ -102,6 +103,10 @@ def _rng_filter(cand: np.ndarray, dist: np.ndarray, closure: np.ndarray) -> np.n
 
 
 # --------------------------------------------------------------------------------- router
+#: Routing on a prefix of the centroids' dims keeps an index per prefix; this many at most.
+PREFIX_INDEXES = 4
+
+
 class _IndexMemory:
     """Exposes the vectors of a flat faiss index to numpy, keeping the index alive: an array
     made from it has this object as its base, so the memory outlives every Router holding it."""
@@ -138,6 +143,8 @@ class Router:
         # the centroids live once, in the faiss index; this is a read-only view of them
         # (a Router never changes after construction, so the view stays valid)
         self.centroids = _stored_vectors(self.index, len(centroids), centroids.shape[1])
+        self._prefix_indexes: dict[int, faiss.Index] = {}
+        self._prefix_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -173,13 +180,30 @@ class Router:
             centroids = np.concatenate([centroids, added.astype(np.float32)])
         return Router(centroids, self.kind, self.hnsw_threshold)
 
+    def _index_for(self, dims: int) -> faiss.Index:
+        """The index over the centroids' first ``dims`` dims: the stored one for all of them;
+        for a prefix (a search routing on fewer dims) an exact flat index over it, built once
+        and kept (it costs ``size * dims * 4`` bytes; at most PREFIX_INDEXES are kept)."""
+        if dims == self.dim:
+            return self.index
+        with self._prefix_lock:
+            index = self._prefix_indexes.get(dims)
+            if index is None:
+                if len(self._prefix_indexes) >= PREFIX_INDEXES:
+                    self._prefix_indexes.pop(next(iter(self._prefix_indexes)))
+                index = faiss.IndexFlatL2(dims)
+                index.add(np.ascontiguousarray(self.centroids[:, :dims]))
+                self._prefix_indexes[dims] = index
+            return index
+
     def nearest(self, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``m`` nearest centroids of each row: (Euclidean distances [n, m], ids [n, m]).
+        ``x`` may have fewer dims than the centroids: it is then matched against their prefix.
 
         ids are -1 (distance inf) where fewer than m centroids exist.
         """
         m_eff = min(m, self.size)
-        sq, ids = self.index.search(x, m_eff)
+        sq, ids = self._index_for(x.shape[1]).search(x, m_eff)
         dist = np.sqrt(np.maximum(sq, 0, out=sq))
         if m_eff < m:
             pad = m - m_eff

@@ -1,5 +1,9 @@
 """The read path, as named stages over a chunk of queries: probe -> fetch -> scan -> rerank.
 
+Queries first pass through the collection basis; each stage then reads its own prefix of the
+collection space (AdANNS): routing the first ``d_route`` dims, the scan the ``d_scan`` dims the
+codes hold, the rerank ``d_rerank`` dims of the full vectors.
+
 Posting-major: the postings all queries of a chunk chose are read once (one multi-get), put in
 a scratch faiss IVF index and scored for every query that chose them in one
 ``search_preassigned`` call. The best candidates are then scored exactly on their full vectors
@@ -14,11 +18,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from anns.basis import Basis
 from anns.config import Metric, SearchParams
+from anns.errors import InvalidArgumentError
 from anns.memory import release_freed_heap
 from anns.quantization import Codec
 from anns.routing import Router
 from anns.storage import Storage, decode_posting
+from anns.vectors import prefix
 
 
 @dataclass(frozen=True)
@@ -84,19 +91,47 @@ class ReadView:
     """Mean bytes of one stored posting (sizes the chunks of a batch)."""
     replica_cap: int
     """Most postings one vector is stored in."""
+    basis: Basis
+    """Raw queries -> collection space."""
+    d_scan: int
+    """Dims the codes hold (the codec's dim)."""
+    d_rerank: int
+    """Default dims of the exact rerank."""
+
+    @property
+    def d_route(self) -> int:
+        """Dims the centroids are stored at."""
+        return self.router.dim
+
+    def stage_dims(self, params: SearchParams) -> tuple[int, int]:
+        """(d_route, d_rerank) of one search: its overrides, checked against what is stored."""
+        d_route = params.d_route or self.d_route
+        if d_route > self.d_route:
+            raise InvalidArgumentError(
+                f"d_route {d_route} is larger than the collection's d_route {self.d_route} "
+                f"(its centroids are stored at {self.d_route} dims)"
+            )
+        d_rerank = params.d_rerank or self.d_rerank
+        if d_rerank > self.dim:
+            raise InvalidArgumentError(
+                f"d_rerank {d_rerank} is larger than the collection's dim {self.dim}"
+            )
+        return d_route, d_rerank
 
 
 def search(
     view: ReadView, queries: np.ndarray, k: int, params: SearchParams
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
-    """Search validated queries (float32 [q, dim]); returns (ids, distances, stats)."""
+    """Search validated raw queries (float32 [q, dim]); returns (ids, distances, stats)."""
+    d_route, d_rerank = view.stage_dims(params)
     q = len(queries)
     ids = np.full((q, k), -1, dtype=np.int64)
     worst = np.inf if view.metric == "l2" else -np.inf
     distances = np.full((q, k), worst, dtype=np.float32)
 
     t0 = time.perf_counter()
-    pids, _ = view.router.probe(queries, params.max_postings, params.eps2)
+    queries = view.basis.apply(queries)
+    pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
     route_seconds = time.perf_counter() - t0
     stats = SearchStats(
         queries=q,
@@ -106,7 +141,9 @@ def search(
     )
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
     for rows in _chunks_by_postings(pids, budget, view.router.size):
-        chunk_ids, chunk_dist, chunk_stats = _search_chunk(view, queries[rows], pids[rows], k, params)
+        chunk_ids, chunk_dist, chunk_stats = _search_chunk(
+            view, queries[rows], pids[rows], k, params, d_rerank
+        )
         ids[rows] = chunk_ids
         distances[rows] = chunk_dist
         stats = stats + chunk_stats
@@ -162,7 +199,8 @@ def _chunks_by_postings(pids: np.ndarray, budget: int, n_postings: int) -> list[
 
 
 def _search_chunk(
-    view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams
+    view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams,
+    d_rerank: int,
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
     seconds: dict[str, float] = {}
     t1 = time.perf_counter()
@@ -187,14 +225,14 @@ def _search_chunk(
     copies = max(1, min(view.replica_cap, pids.shape[1]))
     # no query can get more candidates than the chunk fetched: do not size heaps beyond that
     scan_k = max(1, min(depth * copies, int(sizes.sum())))
-    _, cand = view.codec.scan(queries, lists, assign, scan_k)
+    _, cand = view.codec.scan(prefix(queries, view.d_scan), lists, assign, scan_k)
     del lists, blobs
     cand = _first_unique(cand, depth)
     t3 = time.perf_counter()
     seconds["scan"] = t3 - t2
 
     # rerank: exact distances on full vectors
-    out_ids, out_dist, vector_bytes, reranked = _rerank(view, queries, cand, k)
+    out_ids, out_dist, vector_bytes, reranked = _rerank(view, queries, cand, k, d_rerank)
     seconds["rerank"] = time.perf_counter() - t3
 
     stats = SearchStats(
@@ -229,9 +267,10 @@ def _first_unique(cand: np.ndarray, depth: int) -> np.ndarray:
 
 
 def _rerank(
-    view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int
+    view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int, d_rerank: int
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Exact top-k among candidates [q, r] (-1 = none); (ids, distances, bytes, reranked)."""
+    """Top-k among candidates [q, r] (-1 = none) by distance on the first ``d_rerank`` dims
+    of their full vectors (exact when that is all); (ids, distances, bytes, reranked)."""
     valid = cand >= 0
     if not valid.any():
         worst = np.inf if view.metric == "l2" else -np.inf
@@ -254,6 +293,8 @@ def _rerank(
     slot[valid] = inverse
     # a candidate deleted since it was scanned has no full vector: it cannot be returned
     alive = valid & present[slot]
+    if d_rerank < view.dim:
+        queries, vectors = queries[:, :d_rerank], vectors[:, :d_rerank]
     scores = _exact_scores(view.metric, queries, vectors, slot)
     if view.metric == "l2":
         scores = np.where(alive, scores, np.inf)

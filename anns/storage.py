@@ -7,10 +7,14 @@ with four column families:
 family      key                  value
 ==========  ===================  ==========================================================
 postings    posting id, u32 BE   ids int64 LE [m] then codes uint8 [m, code_size]
-vectors     vector id, i64 BE    the full vector, float32 LE [dim]
+vectors     vector id, i64 BE    the full vector in the collection basis, float32 LE [dim]
 records     vector id, i64 BE    flags u8 (1 = tombstone) then posting ids u32 LE [r]
-meta        ascii name           format version, index config, router, codec, counters
+meta        ascii name           format version, index config, basis, router, codec, counters
 ==========  ===================  ==========================================================
+
+Format versions: 1 stored raw vectors and had no basis; 2 stores vectors (and centroids,
+codes) in the collection basis (``meta/basis``). Version 1 still opens: its basis is the
+identity.
 
 Big-endian ids keep keys in numeric order. Every write of one library call goes through one
 :class:`Batch`, written as one atomic RocksDB WriteBatch: a call is durable entirely or not at
@@ -43,9 +47,10 @@ from anns.errors import (
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the layout above changes meaning; a collection written by another version
-#: is refused on open with both versions named.
-FORMAT_VERSION = 1
+#: Bumped whenever the layout above changes meaning. New collections are written in
+#: FORMAT_VERSION; any of READABLE_FORMATS opens; another is refused with both named.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 POSTINGS, VECTORS, RECORDS, META = "postings", "vectors", "records", "meta"
 _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
@@ -142,6 +147,8 @@ class Storage:
         self._handles = {name: db.get_column_family_handle(name) for name in _FAMILIES}
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self.format_version = FORMAT_VERSION
+        """On-disk format of this collection (older ones open too, see READABLE_FORMATS)."""
 
     # ----------------------------------------------------------------------------- lifecycle
     @classmethod
@@ -173,20 +180,22 @@ class Storage:
             found = int(json.loads(marker.read_text())["format_version"])
         except (ValueError, KeyError, TypeError) as e:
             raise CorruptCollectionError(f"{marker} is unreadable: {e}") from e
-        if found != FORMAT_VERSION:
+        readable = ", ".join(str(v) for v in READABLE_FORMATS)
+        if found not in READABLE_FORMATS:
             raise FormatVersionError(
                 f"collection at {p} has on-disk format version {found}; this anns reads "
-                f"format version {FORMAT_VERSION}"
+                f"format versions {readable}"
             )
         storage = cls(p, cls._open_db(p, config, create=False), config)
         stored = storage.get_meta("format_version")
-        if stored is None or int(stored) != FORMAT_VERSION:
+        if stored is None or int(stored) != found:
             storage.close()
             raise FormatVersionError(
                 f"collection at {p} has on-disk format version "
-                f"{stored.decode() if stored else 'none'}; this anns reads format version "
-                f"{FORMAT_VERSION}"
+                f"{stored.decode() if stored else 'none'} (marker file: {found}); this anns "
+                f"reads format versions {readable}"
             )
+        storage.format_version = found
         return storage
 
     @staticmethod

@@ -114,3 +114,9 @@ def check_k(k: Any) -> int:
     if k > MAX_K:
         raise LimitExceededError(f"k {k} exceeds the limit of {MAX_K}")
     return int(k)
+
+
+def prefix(x: np.ndarray, dims: int) -> np.ndarray:
+    """The first ``dims`` columns of validated vectors, C-contiguous (what faiss needs): the
+    view of a stage that uses a prefix of the collection space."""
+    return x if dims == x.shape[1] else np.ascontiguousarray(x[:, :dims])

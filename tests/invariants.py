@@ -172,7 +172,7 @@ def _code_size(storage: Storage, config: IndexConfig) -> int:
     blob = storage.get_meta("codec")
     if blob is None:
         return 0
-    return load_codec(config.codec, config.dim, config.metric, blob).code_size
+    return load_codec(config.codec, config.scan_dims, config.metric, blob).code_size
 
 
 def check_layout(layout: Layout, live: np.ndarray, deleted: np.ndarray = ()) -> None:
@@ -229,7 +229,7 @@ def check_replication(layout: Layout, ids: np.ndarray) -> None:
     cfg = layout.config
     cents = layout.centroids.astype(np.float64)
     for vid in np.asarray(ids).tolist():
-        x = layout.vectors[vid].astype(np.float64)
+        x = layout.vectors[vid].astype(np.float64)[: cents.shape[1]]  # routing prefix
         to_all = np.sqrt(((cents - x) ** 2).sum(axis=1))
         _, pids = layout.records[vid]
         d = to_all[pids]
@@ -251,3 +251,17 @@ def check_replication(layout: Layout, ids: np.ndarray) -> None:
                     f"id {vid}: RNG rule broken: centroid {pids[i]} is {cc} from {pids[j]}, "
                     f"closer than the vector ({d[j]})"
                 )
+
+
+def assert_same_vectors(actual: np.ndarray, expected: np.ndarray) -> None:
+    """What get() returns against what was stored: vectors come back through the collection
+    basis (a rotation), so they are equal up to float32 rounding relative to their norm."""
+    expected = np.asarray(expected, dtype=np.float32)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
+    if not expected.size:
+        return
+    scale = np.linalg.norm(expected, axis=-1, keepdims=True)
+    err = np.abs(actual - expected)
+    assert (err <= 1e-5 * scale + 1e-12).all(), (
+        f"vectors differ beyond rounding: max error {err.max():.3g}, norms up to {scale.max():.3g}"
+    )

@@ -18,7 +18,7 @@ from anns import IndexConfig, SearchParams
 metrics = st.sampled_from(["l2", "ip", "cosine"])
 seeds = st.integers(min_value=0, max_value=2**32 - 1)
 dims = st.integers(min_value=2, max_value=16)
-codecs = st.sampled_from(["sq8", "flat"])
+codecs = st.sampled_from(["sq8", "flat", "opq"])
 
 #: Non-negative ids across the whole int64 range (keys are big-endian; -1 is padding).
 vector_ids = st.integers(min_value=0, max_value=np.iinfo(np.int64).max)
@@ -74,8 +74,17 @@ def index_configs(draw: st.DrawFn, dim: int, **fixed: Any) -> IndexConfig:
         "replica_cap": draw(st.integers(1, 8)),
         "eps1": draw(st.sampled_from([0.0, 0.1, 0.5, 2.0])),
         "codec": draw(codecs),
+        "pq_m": draw(st.sampled_from([1, 3, 4, 64])),
+        "matryoshka": draw(st.booleans()),
         "seed": draw(st.integers(0, 1000)),
     }
+    # stage dims: route on a prefix of the scanned prefix of the collection space
+    stages = draw(st.sampled_from(["all dims", "scan prefix", "route and scan prefixes"]))
+    if stages != "all dims":
+        fields["d_scan"] = draw(st.integers(1, dim))
+        fields["d_route"] = fields["d_scan"]
+    if stages == "route and scan prefixes":
+        fields["d_route"] = draw(st.integers(1, fields["d_scan"]))
     fields.update(fixed)
     return IndexConfig(**fields)
 

@@ -25,7 +25,13 @@ from anns import (
     InvalidArgumentError,
     NonFiniteError,
 )
-from invariants import check_layout, check_replication, exhaustive, read_layout_at
+from invariants import (
+    assert_same_vectors,
+    check_layout,
+    check_replication,
+    exhaustive,
+    read_layout_at,
+)
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -108,7 +114,7 @@ def test_build_with_ids_and_integer_vectors(tmp_path: Path) -> None:
     layout = read_layout_at(tmp_path / "c", ids)
     check_layout(layout, ids)
     with anns.Collection.open(tmp_path / "c") as coll:
-        np.testing.assert_array_equal(coll.get(ids[:3]), base[:3].astype(np.float32))
+        assert_same_vectors(coll.get(ids[:3]), base[:3].astype(np.float32))
         assert coll.search(base[7].astype(np.float32), 1).ids[0, 0] == ids[7]
         # default ids of a later add continue after the largest id built
         assert coll.add(np.ones((1, 6), np.float32)).tolist() == [int(ids.max()) + 1]

@@ -26,7 +26,13 @@ from hypothesis.stateful import (
 import anns
 import strategies as S
 from anns import EmptyCollectionError, IdExistsError, IndexConfig
-from invariants import assert_matches_brute_force, check_layout, exhaustive, read_layout
+from invariants import (
+    assert_matches_brute_force,
+    assert_same_vectors,
+    check_layout,
+    exhaustive,
+    read_layout,
+)
 
 DIM = 8
 ID_SPACE = st.integers(0, 200)  # small, so adds collide with stored and deleted ids
@@ -134,9 +140,7 @@ class CollectionMachine(RuleBasedStateMachine):
         want = np.stack([self.model[i] for i in ids])
         if self.metric == "cosine":  # stored normalised
             want = want / np.linalg.norm(want, axis=1, keepdims=True)
-            np.testing.assert_allclose(self.coll.get(ids), want, rtol=1e-5, atol=1e-6)
-        else:
-            np.testing.assert_array_equal(self.coll.get(ids), want)
+        assert_same_vectors(self.coll.get(ids), want)
 
     # --------------------------------------------------------------------- invariants
     @invariant()

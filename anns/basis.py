@@ -1,0 +1,137 @@
+"""The collection basis: an orthonormal map from a model's raw embedding into the collection's
+canonical space, where dimensions are ordered by importance.
+
+Every stored vector and every query passes through it, so all search stages read *prefixes*
+of one space: routing uses the first ``d_route`` dims, the scan codes the first ``d_scan``,
+the rerank all (or a prefix). Orthonormal, it changes no exact distance: ``|xR - yR| = |x - y|``
+and ``<xR, yR> = <x, y>``.
+
+* ``identity``: for a Matryoshka model, whose prefixes are already embeddings.
+* ``pca``: for any other model, learned at build time from a sample; the principal axes
+  (highest energy first) make the embedding *nested*, so prefixes behave like Matryoshka
+  prefixes and adaptive stage dims work for every model. For ``l2`` the energy is the variance
+  about the mean (what separates points); for ``ip`` and ``cosine`` it is the uncentred second
+  moment (what inner products are made of). The map itself is a pure rotation (no centring),
+  so inner products are preserved too.
+
+Stored with the collection as a versioned blob (:meth:`Basis.to_bytes`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Literal
+
+import numpy as np
+
+from anns.config import IndexConfig, Metric
+from anns.errors import CorruptCollectionError
+
+BasisKind = Literal["identity", "pca"]
+
+#: Version of the serialised form written by :meth:`Basis.to_bytes`.
+BASIS_FORMAT = 1
+
+
+class Basis:
+    """An orthonormal [dim, dim] map applied as ``x @ matrix`` (None: the identity).
+
+    ``energy`` is the share of the sample's energy along each output dim (sums to 1; uniform
+    for the identity), so ``energy[:m].sum()`` is what a prefix of m dims keeps.
+    """
+
+    def __init__(
+        self, kind: BasisKind, dim: int, matrix: np.ndarray | None, energy: np.ndarray
+    ) -> None:
+        self.kind = kind
+        self.dim = dim
+        self.matrix = matrix
+        self.energy = energy
+
+    # -------------------------------------------------------------------- constructors
+    @classmethod
+    def identity(cls, dim: int) -> Basis:
+        return cls("identity", dim, None, np.full(dim, 1.0 / dim))
+
+    @classmethod
+    def fit_pca(cls, sample: np.ndarray, metric: Metric) -> Basis:
+        """Principal axes of ``sample`` (float32 [n, dim], already normalised for cosine),
+        highest energy first. Computed in float64; each axis's sign is fixed (largest
+        component positive) so that the same sample always gives the same basis."""
+        x = np.asarray(sample, dtype=np.float64)
+        n, dim = x.shape
+        if n == 0:
+            return cls.identity(dim)
+        if metric == "l2":
+            x = x - x.mean(axis=0)
+        moment = (x.T @ x) / n
+        values, vectors = np.linalg.eigh(moment)  # ascending
+        order = np.argsort(values)[::-1]
+        values = np.clip(values[order], 0.0, None)
+        vectors = vectors[:, order]
+        flip = vectors[np.abs(vectors).argmax(axis=0), np.arange(dim)] < 0
+        vectors[:, flip] *= -1.0
+        total = values.sum()
+        energy = values / total if total > 0 else np.full(dim, 1.0 / dim)
+        return cls("pca", dim, np.ascontiguousarray(vectors, dtype=np.float32), energy)
+
+    # ------------------------------------------------------------------------- mapping
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Raw float32 [n, dim] -> collection space (one BLAS product over the batch)."""
+        if self.matrix is None:
+            return x
+        return np.ascontiguousarray(x @ self.matrix)
+
+    def invert(self, y: np.ndarray) -> np.ndarray:
+        """Collection space -> raw (the transpose: the map is orthonormal). Equal to the raw
+        vector up to float32 rounding (~1e-7 relative) for ``pca``; exact for the identity."""
+        if self.matrix is None:
+            return y
+        return np.ascontiguousarray(y @ self.matrix.T)
+
+    def prefix_energy(self, dims: int) -> float:
+        """Share of the sample's energy the first ``dims`` dims keep."""
+        return float(self.energy[:dims].sum())
+
+    # --------------------------------------------------------------------- persistence
+    def to_bytes(self) -> bytes:
+        header = json.dumps({"format": BASIS_FORMAT, "kind": self.kind, "dim": self.dim})
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            header=np.frombuffer(header.encode(), dtype=np.uint8),
+            energy=self.energy.astype(np.float64),
+            matrix=self.matrix if self.matrix is not None else np.empty((0, 0), np.float32),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> Basis:
+        try:
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                energy, matrix = z["energy"], z["matrix"]
+        except (ValueError, KeyError, OSError) as e:
+            raise CorruptCollectionError(f"the stored basis cannot be read: {e}") from e
+        if header.get("format") != BASIS_FORMAT:
+            raise CorruptCollectionError(
+                f"the stored basis has format {header.get('format')}; this version of anns "
+                f"reads format {BASIS_FORMAT}"
+            )
+        kind, dim = header["kind"], int(header["dim"])
+        if kind == "identity":
+            return cls("identity", dim, None, energy)
+        if matrix.shape != (dim, dim):
+            raise CorruptCollectionError(
+                f"the stored basis matrix has shape {matrix.shape}, expected ({dim}, {dim})"
+            )
+        return cls(kind, dim, np.ascontiguousarray(matrix, dtype=np.float32), energy)
+
+
+def fit_basis(sample: np.ndarray, config: IndexConfig) -> Basis:
+    """The basis a collection gets from a sample of its (raw, validated) vectors: the identity
+    for a Matryoshka model, else the PCA rotation."""
+    if config.matryoshka:
+        return Basis.identity(config.dim)
+    return Basis.fit_pca(sample, config.metric)
