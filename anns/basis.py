@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from typing import Literal
 
 import numpy as np
@@ -112,8 +113,8 @@ class Basis:
             with np.load(io.BytesIO(blob), allow_pickle=False) as z:
                 header = json.loads(bytes(z["header"]).decode())
                 energy, matrix = z["energy"], z["matrix"]
-        except (ValueError, KeyError, OSError) as e:
-            raise CorruptCollectionError(f"the stored basis cannot be read: {e}") from e
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise CorruptCollectionError(f"the stored basis cannot be read: {e!r}") from e
         if header.get("format") != BASIS_FORMAT:
             raise CorruptCollectionError(
                 f"the stored basis has format {header.get('format')}; this version of anns "

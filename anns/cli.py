@@ -62,7 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eps2", type=float)
     p.add_argument("--refine-factor", type=float)
     p.add_argument("--fetch-budget-mb", type=float)
+    p.add_argument("--d-route", type=int, help="route on this many dims (<= the built d_route)")
+    p.add_argument("--d-rerank", type=int, help="rerank on this many dims")
+    p.add_argument("--target-recall", type=float,
+                   help="use the profile `anns tune` stored for this recall target")
     _storage_args(p)
+
+    p = sub.add_parser("tune", help="choose and store the search profile for a recall target")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--recall", required=True, type=float, help="target recall@k, e.g. 0.95")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--queries", type=int, default=300,
+                   help="held-out queries sampled from the collection (default 300)")
+    p.add_argument("--objective", choices=["batch", "single"], default="batch",
+                   help="maximise batch throughput or single-query rate (default batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="measure and print; store nothing")
 
     p = sub.add_parser("info", help="a collection's config and figures as JSON")
     p.add_argument("dir", type=Path)
@@ -102,14 +117,16 @@ def _cmd_build(args: argparse.Namespace) -> None:
 def _cmd_search(args: argparse.Namespace) -> None:
     knobs = {
         name: getattr(args, name)
-        for name in ("max_postings", "eps2", "refine_factor", "fetch_budget_mb")
+        for name in ("max_postings", "eps2", "refine_factor", "fetch_budget_mb", "d_route",
+                     "d_rerank", "target_recall")
         if getattr(args, name) is not None
     }
-    params = validated(SearchParams, **knobs)
+    validated(SearchParams, **knobs)  # bad knobs fail before the collection is opened
     queries = np.asarray(open_matrix(args.queries))
     with Collection.open(args.dir, _storage_config(args, read_only=True)) as coll:
         t0 = time.perf_counter()
-        result = coll.search(queries, args.k, params, return_stats=True)
+        # knobs override the collection's tuned default profile, if it has one
+        result = coll.search(queries, args.k, return_stats=True, **knobs)
         seconds = time.perf_counter() - t0
     if args.out:
         np.save(args.out, result.ids)
@@ -131,6 +148,27 @@ def _cmd_search(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    storage = StorageConfig(read_only=args.dry_run)
+    with Collection.open(args.dir, storage) as coll:
+        report = coll.tune(
+            args.recall, k=args.k, queries=args.queries, objective=args.objective,
+            seed=args.seed, store=not args.dry_run,
+        )
+    # the curve, for people, on stderr; the profile, for programs, on stdout
+    print(f"{'max_postings':>12} {'eps2':>5} {'refine':>6} {'d_route':>7} {'d_rerank':>8} "
+          f"{'recall':>7} {'qps':>9}", file=sys.stderr)
+    for point in report.curve:
+        p = point.params
+        print(f"{p['max_postings']:>12} {p['eps2']:>5} {p['refine_factor']:>6} "
+              f"{p.get('d_route', '-'):>7} {p.get('d_rerank', '-'):>8} {point.recall:>7.4f} "
+              f"{point.qps:>9.0f}", file=sys.stderr)
+    out = report.to_dict()
+    out["stored"] = not args.dry_run
+    print(json.dumps(out["profile"] | {"stored": out["stored"], "points": len(report.curve),
+                                        "seconds": out["seconds"]}))
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     with Collection.open(args.dir, StorageConfig(read_only=True)) as coll:
         print(json.dumps(coll.info(), indent=2))
@@ -145,7 +183,10 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
-_COMMANDS = {"build": _cmd_build, "search": _cmd_search, "info": _cmd_info, "bench": _cmd_bench}
+_COMMANDS = {
+    "build": _cmd_build, "search": _cmd_search, "tune": _cmd_tune, "info": _cmd_info,
+    "bench": _cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,9 +80,9 @@ class IndexConfig(_Frozen):
     energy so that prefixes carry the most information first (exact distances unchanged)."""
 
     d_route: int | None = Field(default=None, ge=1)
-    """Dims the clustering and routing use (None: all). The centroids live in RAM at this dim,
-    so memory and routing time scale with it; too few dims route queries to the wrong
-    postings. A search may route on fewer."""
+    """Dims the clustering and routing use (None: ``d_scan``). The centroids live in RAM at
+    this dim, so memory and routing time scale with it; too few dims route queries to the
+    wrong postings. A search may route on fewer."""
 
     d_scan: int | None = Field(default=None, ge=1)
     """Dims the postings' codes hold (None: all); at least ``d_route``. Fewer dims make each
@@ -130,7 +130,7 @@ class IndexConfig(_Frozen):
 
     @property
     def route_dims(self) -> int:
-        return self.d_route or self.dim
+        return self.d_route or self.scan_dims
 
     @property
     def scan_dims(self) -> int:
@@ -192,6 +192,10 @@ class SearchParams(_Frozen):
     d_rerank: int | None = Field(default=None, ge=1)
     """Rerank on this many dims (None: the collection's ``d_rerank``); at most ``dim``. Fewer
     is cheaper arithmetic (not fewer bytes read) and approximate final distances."""
+
+    target_recall: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Use the collection's tuned profile for this recall target (``anns tune``): the profile
+    of the smallest stored target at least this high supplies every knob not set here."""
 
     def rerank_depth(self, k: int) -> int:
         """Number of candidates reranked exactly for a search of ``k`` neighbours."""

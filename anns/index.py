@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,14 @@ from anns.storage import (
     encode_posting,
     encode_record,
 )
+from anns.tuning import (
+    Profile,
+    TuneReport,
+    default_target,
+    profiles_from_json,
+    profiles_to_json,
+    tune,
+)
 from anns.vectors import as_ids, as_vectors, check_k, prefix
 
 log = logging.getLogger(__name__)
@@ -65,11 +74,19 @@ class Collection:
         self._commit = _ReadWriteLock()  # searches vs. the moment a write lands
         self._view: ReadView | None = None
         self._closed = False
+        profiles_blob = storage.get_meta("profiles")
+        self._profiles = profiles_from_json(profiles_blob)
+        self._default_profile = default_target(profiles_blob)
         router_blob, codec_blob = storage.get_meta("router"), storage.get_meta("codec")
         if router_blob is not None and codec_blob is not None:
             basis_blob = storage.get_meta("basis")
             # format 1 stored raw vectors: its basis is the identity
             basis = Basis.from_bytes(basis_blob) if basis_blob else Basis.identity(config.dim)
+            if basis.dim != config.dim:
+                raise CorruptCollectionError(
+                    f"the stored basis maps {basis.dim} dims but the collection holds "
+                    f"{config.dim}-dim vectors"
+                )
             router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
             codec = load_codec(config.codec, config.scan_dims, config.metric, codec_blob)
             self._view = self._make_view(basis, router, codec)
@@ -196,8 +213,7 @@ class Collection:
         """
         self._check_open()
         k = check_k(k)
-        base = params.model_dump() if params else {}
-        params = validated(SearchParams, **{**base, **knobs}) if knobs else params or SearchParams()
+        params = self._resolve_params(params, knobs)
         q = as_vectors(queries, self.dim, metric=self.config.metric, what="query")
         with self._commit.read():  # one state: the router and postings of the same write
             view = self._view
@@ -208,6 +224,68 @@ class Collection:
             ids, distances, stats = search(view, q, k, params)
         return SearchResult(ids, distances, stats if return_stats else None)
 
+    def _resolve_params(self, params: SearchParams | None, knobs: dict[str, Any]) -> SearchParams:
+        """The knobs of one search. A SearchParams given is used as is; without one, the
+        collection's default profile (if tuned) is the base. Keyword knobs override either.
+        ``target_recall`` (in either) swaps the base for that target's profile."""
+        if params is not None:
+            explicit = params.model_dump(exclude_unset=True)
+            base = params.model_dump(exclude={"target_recall"})
+        else:
+            explicit = {}
+            default = self._profiles.get(self._default_profile or -1.0)
+            base = dict(default.params) if default else {}
+        explicit.update(knobs)
+        target = explicit.pop("target_recall", None)
+        if target is not None:
+            base = dict(self._profile_for(float(target)).params)
+        if params is not None and not knobs and target is None:
+            return params
+        return validated(SearchParams, **{**base, **explicit})
+
+    def _profile_for(self, target: float) -> Profile:
+        eligible = [t for t in self._profiles if t >= target]
+        if not eligible:
+            tuned = ", ".join(str(t) for t in sorted(self._profiles)) or "none"
+            raise FailedPreconditionError(
+                f"no search profile reaches recall {target} (tuned targets: {tuned}); run "
+                f"`anns tune {self.path} --recall {target}`"
+            )
+        return self._profiles[min(eligible)]
+
+    def profiles(self) -> dict[float, dict[str, Any]]:
+        """Tuned search profiles by recall target (see :meth:`tune`)."""
+        return {t: asdict(p) for t, p in sorted(self._profiles.items())}
+
+    def tune(self, recall: float, **options: Any) -> TuneReport:
+        """Measure and store the fastest search knobs reaching ``recall``@k on held-out
+        queries sampled from this collection; they become its default profile. See
+        :func:`anns.tuning.tune` for the options (queries, k, objective, seed, store)."""
+        self._check_open()
+        if options.get("store", True):
+            self._check_writable()
+        return tune(self, recall, **options)
+
+    def _store_profile(self, profile: Profile) -> None:
+        with self._lock:
+            self._check_open()
+            profiles = {**self._profiles, profile.target_recall: profile}
+            batch = self._storage.batch()
+            batch.put_meta("profiles", profiles_to_json(profiles, profile.target_recall))
+            self._storage.write(batch)
+            self._profiles, self._default_profile = profiles, profile.target_recall
+
+    def _stored(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of validated ids, in the collection basis; NotFoundError names
+        missing ids."""
+        blobs = self._storage.get_vectors(ids)
+        missing = [int(i) for i, b in zip(ids, blobs) if b is None]
+        if missing:
+            raise NotFoundError(f"{len(missing)} id(s) not stored, e.g. {missing[:5]}")
+        if not len(ids):
+            return np.empty((0, self.dim), dtype=np.float32)
+        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), self.dim).copy()  # type: ignore[arg-type]
+
     def get(self, ids: Any) -> np.ndarray:
         """Full stored vectors of ``ids`` as float32 [n, dim]; NotFoundError names missing ids.
 
@@ -215,17 +293,12 @@ class Collection:
         rounding (about 1e-7 relative), so they equal what was added up to that (cosine
         collections return the normalised vectors)."""
         self._check_open()
-        ids = as_ids(ids)
-        blobs = self._storage.get_vectors(ids)
-        missing = [int(i) for i, b in zip(ids, blobs) if b is None]
-        if missing:
-            raise NotFoundError(f"{len(missing)} id(s) not stored, e.g. {missing[:5]}")
-        if not len(ids):
-            return np.empty((0, self.dim), dtype=np.float32)
-        stored = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), self.dim)  # type: ignore[arg-type]
+        stored = self._stored(as_ids(ids))
+        if not len(stored):
+            return stored
         # back from the collection basis: the vector as given, up to float32 rounding of
         # the rotation (exact for an identity basis)
-        return self._require_view().basis.invert(stored.copy())
+        return self._require_view().basis.invert(stored)
 
     def contains(self, ids: Any) -> np.ndarray:
         """bool [n]: which ids are stored (and not deleted)."""

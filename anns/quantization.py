@@ -248,7 +248,15 @@ class OPQCodec(Codec):
 
     def train(self, sample: np.ndarray) -> None:
         x = np.ascontiguousarray(sample, dtype=np.float32)
+        if len(x) == 0:
+            raise ValueError("OPQCodec.train needs at least one vector")
         nbits = 8 if len(x) >= 256 else max(1, int(np.log2(max(len(x), 2))))
+        if len(x) < max(self.dim, 2):
+            # faiss's OPQMatrix::train sizes a [dim, dim] buffer by the sample count (a heap
+            # overflow under dim rows) and k-means wants a point per centroid: a tiny first
+            # batch trains on copies of itself, which changes neither the rotation it can
+            # learn nor the codes of its own vectors
+            x = np.tile(x, (-(-max(self.dim, 2) // len(x)), 1))
         opq = faiss.OPQMatrix(self.dim, self.m, self.d_out)
         opq.niter = OPQ_ITERATIONS
         opq.niter_pq_0 = OPQ_FIRST_PQ_ITERATIONS

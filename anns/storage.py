@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,13 @@ def id_keys(ids: np.ndarray) -> list[bytes]:
 def posting_keys(pids: np.ndarray) -> list[bytes]:
     """Keys of the postings family for posting ids (4-byte big-endian)."""
     return np.ascontiguousarray(pids, dtype=">u4").view("V4").tolist()  # type: ignore[no-any-return]
+
+
+def _decode_vectors(
+    keys: list[bytes], values: list[bytes], dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.frombuffer(b"".join(keys), dtype=">i8").astype(np.int64)
+    return ids, np.frombuffer(b"".join(values), dtype="<f4").reshape(len(ids), dim)
 
 
 def encode_posting(ids: np.ndarray, codes: np.ndarray) -> bytes:
@@ -295,6 +303,24 @@ class Storage:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.config.io_threads, "anns-io")
             return self._pool
+
+    def iter_vectors(self, dim: int, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored vector in id order, in chunks: (ids int64 [m], float32 [m, dim])."""
+        keys: list[bytes] = []
+        values: list[bytes] = []
+        for key, value in self._cfs[VECTORS].items():
+            keys.append(bytes(key))
+            values.append(bytes(value))
+            if len(keys) == chunk:
+                yield _decode_vectors(keys, values, dim)
+                keys, values = [], []
+        if keys:
+            yield _decode_vectors(keys, values, dim)
+
+    def vector_ids(self) -> np.ndarray:
+        """Ids of every stored vector, ascending (reads keys only)."""
+        keys = b"".join(bytes(key) for key in self._cfs[VECTORS].keys())
+        return np.frombuffer(keys, dtype=">i8").astype(np.int64)
 
     def iter_postings(self) -> Any:
         """Iterate (posting key, blob) over every posting, in posting-id order."""

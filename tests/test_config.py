@@ -53,3 +53,15 @@ def test_rerank_depth_is_at_least_k_times_refine_factor(k: int, refine: float) -
     depth = SearchParams(refine_factor=refine).rerank_depth(k)
     assert depth >= k and depth >= k * refine - 1e-6
     assert depth < k * refine + 1
+
+
+def test_stage_dims_default_to_the_prefix_above_them() -> None:
+    # d_scan alone: routing uses the scanned prefix, not all dims (which d_scan could not hold)
+    config = validated(IndexConfig, dim=32, d_scan=24)
+    assert (config.route_dims, config.scan_dims, config.rerank_dims) == (24, 24, 32)
+    config = validated(IndexConfig, dim=32, d_route=8)
+    assert (config.route_dims, config.scan_dims, config.rerank_dims) == (8, 32, 32)
+    with pytest.raises(InvalidArgumentError, match="d_route 25 is larger than d_scan 24"):
+        validated(IndexConfig, dim=32, d_route=25, d_scan=24)
+    with pytest.raises(InvalidArgumentError, match="d_scan"):
+        validated(IndexConfig, dim=32, d_scan=33)

@@ -1,0 +1,283 @@
+"""Search profiles: the fastest query-time knobs that reach a recall target on this collection.
+
+:func:`tune` measures instead of guessing. It samples held-out queries from the collection's
+own vectors (leave-one-out: a query's own id is removed from its truth and from its results),
+computes their exact neighbours by brute force over every stored vector, then explores the
+knobs a search may change:
+
+* ``d_route`` (the built prefix and shorter ones), ``eps2``, ``refine_factor`` and ``d_rerank``
+  span the *shapes* of a search;
+* for each shape, recall grows with ``max_postings``, so a bisection finds the fewest postings
+  that reach the target.
+
+Each shape's cheapest passing point is timed; the best few are timed again and the fastest
+wins. A point passes when a lower confidence bound of its recall (one standard error below
+the measured mean) reaches the target, so a profile tuned on a few hundred queries still
+meets its target on others. ``d_scan`` is what the stored codes hold; it is chosen at build
+time (``IndexConfig.d_scan``) and reported, not changed, here.
+
+Profiles are stored with the collection by target (``meta/profiles``); the latest tuned is the
+collection's default, and a search names one with ``SearchParams(target_recall=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import faiss
+import numpy as np
+
+from anns.config import MAX_K, SearchParams, validated
+from anns.errors import EmptyCollectionError, InvalidArgumentError
+from anns.vectors import prefix
+
+if TYPE_CHECKING:
+    from anns.index import Collection
+
+Objective = Literal["batch", "single"]
+
+#: max_postings values the bisection may choose from.
+POSTING_STEPS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+EPS2_STEPS = (0.3, 1.0, math.inf)
+REFINE_STEPS = (1.0, 2.0, 4.0, 8.0, 16.0)
+#: Shapes whose cheapest passing point is timed again (by the objective) before choosing.
+FINALISTS = 4
+#: Queries timed one per call for the ``single`` objective.
+SINGLE_QUERIES = 100
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    """One measured setting: its knobs, recall on the tuning queries and speed."""
+
+    params: dict[str, Any]
+    recall: float
+    recall_lower: float
+    qps: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The knobs chosen for a recall target and what they measured."""
+
+    target_recall: float
+    params: dict[str, Any]
+    recall: float
+    qps: float
+    objective: Objective
+    queries: int
+    k: int
+    d_scan: int
+
+    def search_params(self) -> SearchParams:
+        return validated(SearchParams, **self.params)
+
+
+@dataclass(frozen=True)
+class TuneReport:
+    """The chosen profile and every point measured on the way (the curve)."""
+
+    profile: Profile
+    curve: list[TunePoint] = field(default_factory=list)
+    truth_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": asdict(self.profile),
+            "curve": [asdict(p) for p in self.curve],
+            "truth_seconds": round(self.truth_seconds, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def tune(
+    coll: Collection,
+    recall: float,
+    *,
+    queries: int = 300,
+    k: int = 10,
+    objective: Objective = "batch",
+    seed: int = 0,
+    store: bool = True,
+) -> TuneReport:
+    """Find the fastest search knobs reaching ``recall``@k on ``queries`` held-out vectors.
+
+    ``objective``: ``batch`` times all tuning queries in one call (throughput), ``single``
+    one query per call (latency). With ``store`` the profile is saved with the collection and
+    becomes its default. Raises InvalidArgumentError for a target outside (0, 1] or too few
+    stored vectors, EmptyCollectionError for an empty collection.
+    """
+    if not 0.0 < recall <= 1.0:
+        raise InvalidArgumentError(f"target recall must be in (0, 1], got {recall}")
+    if not 1 <= k <= MAX_K:
+        raise InvalidArgumentError(f"k must be in 1..{MAX_K}, got {k}")
+    if queries < 1:
+        raise InvalidArgumentError(f"queries must be at least 1, got {queries}")
+    started = time.perf_counter()
+    view = coll._require_view()
+    count = coll.count()
+    if count == 0:
+        raise EmptyCollectionError(f"collection at {coll.path} is empty: nothing to tune on")
+    if count <= k:
+        raise InvalidArgumentError(
+            f"tuning recall@{k} needs more than {k} stored vectors; the collection has {count}"
+        )
+
+    t0 = time.perf_counter()
+    raw_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
+    truth_seconds = time.perf_counter() - t0
+
+    def measure(params: SearchParams, timing: Objective = "batch", repeats: int = 1) -> TunePoint:
+        """Recall of ``params`` on the tuning queries and their QPS (best of ``repeats``)."""
+        best, found = math.inf, np.empty((0, k + 1), np.int64)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            if timing == "batch":
+                found = coll.search(raw_queries, k + 1, params).ids
+                n = len(raw_queries)
+            else:  # latency: one query per call, on up to SINGLE_QUERIES of them
+                n = min(len(raw_queries), SINGLE_QUERIES)
+                for i in range(n):
+                    coll.search(raw_queries[i : i + 1], k + 1, params)
+            best = min(best, time.perf_counter() - t)
+        if timing != "batch":
+            found = coll.search(raw_queries, k + 1, params).ids  # results do not depend on it
+        got = _drop_self(found, self_ids, k)
+        mean = _recall(got, truth)
+        lower = mean - math.sqrt(max(mean * (1 - mean), 0.0) / truth.size)
+        return TunePoint(_knobs(params), round(mean, 5), round(lower, 5), round(n / best, 1))
+
+    curve: list[TunePoint] = []
+    finalists: list[tuple[float, SearchParams]] = []
+    steps = [p for p in POSTING_STEPS if p < view.router.size] + [view.router.size]
+    for d_route in _route_dims(view.d_route):
+        for d_rerank in _rerank_dims(view):
+            for eps2 in EPS2_STEPS:
+                for refine in REFINE_STEPS:
+                    def at(mp: int, d_route: int = d_route, d_rerank: int = d_rerank,
+                           eps2: float = eps2, refine: float = refine) -> SearchParams:
+                        return SearchParams(
+                            max_postings=mp, eps2=eps2, refine_factor=refine,
+                            d_route=d_route, d_rerank=d_rerank,
+                        )
+                    point = _cheapest_passing(measure, at, steps, recall, curve)
+                    if point is not None:
+                        finalists.append(point)
+    if not finalists:
+        best_seen = max(curve, key=lambda p: p.recall)
+        raise InvalidArgumentError(
+            f"no setting reaches recall@{k} {recall} on this collection: the best measured is "
+            f"{best_seen.recall:.4f} at {best_seen.params}"
+        )
+    finalists.sort(key=lambda f: -f[0])
+    timed = [measure(params, objective, repeats=3) for _, params in finalists[:FINALISTS]]
+    curve.extend(timed)
+    winner = max((p for p in timed if p.recall_lower >= recall), key=lambda p: p.qps,
+                 default=max(timed, key=lambda p: p.recall_lower))
+    profile = Profile(
+        target_recall=recall, params=winner.params, recall=winner.recall, qps=winner.qps,
+        objective=objective, queries=len(raw_queries), k=k, d_scan=view.d_scan,
+    )
+    if store:
+        coll._store_profile(profile)
+    return TuneReport(profile, curve, truth_seconds, time.perf_counter() - started)
+
+
+def _cheapest_passing(
+    measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint]
+) -> tuple[float, SearchParams] | None:
+    """The fewest postings (from ``steps``) whose recall bound reaches ``recall``, as
+    (batch qps, params), or None when even the most fail. Recall grows with max_postings, so
+    the walk goes up every other step from the cheap end (cheap points are fast to measure)
+    and then tries the step it skipped."""
+    last_fail = -1
+    for i in list(range(0, len(steps), 2)) + ([len(steps) - 1] if len(steps) % 2 == 0 else []):
+        point = measure(at(steps[i]))
+        curve.append(point)
+        if point.recall_lower >= recall:
+            if i - 1 > last_fail:  # the skipped step in between may pass too
+                between = measure(at(steps[i - 1]))
+                curve.append(between)
+                if between.recall_lower >= recall:
+                    return between.qps, at(steps[i - 1])
+            return point.qps, at(steps[i])
+        last_fail = i
+    return None
+
+
+def _route_dims(built: int) -> list[int]:
+    """The built routing prefix and up to two shorter ones (halves, at least 8 dims)."""
+    dims = [built]
+    while len(dims) < 3 and dims[-1] // 2 >= 8:
+        dims.append(dims[-1] // 2)
+    return dims
+
+
+def _rerank_dims(view: Any) -> list[int]:
+    """The collection's rerank dims, and the shortest prefix keeping 99.9% of the energy."""
+    full = view.d_rerank
+    energy = np.cumsum(view.basis.energy[:full])
+    short = int(np.searchsorted(energy, 0.999 * energy[-1]) + 1) if len(energy) else full
+    return [full] if short >= full or view.basis.kind == "identity" else [full, short]
+
+
+def _knobs(params: SearchParams) -> dict[str, Any]:
+    knobs = params.model_dump(exclude={"fetch_budget_mb", "target_recall"})
+    return {name: value for name, value in knobs.items() if value is not None}
+
+
+def _held_out(
+    coll: Collection, n: int, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` stored vectors as raw queries, their ids, and their exact k nearest other ids."""
+    view = coll._require_view()
+    storage, dim, metric = coll._storage, coll.dim, coll.config.metric
+    rng = np.random.default_rng(seed)
+    self_ids = np.sort(rng.choice(storage.vector_ids(), n, replace=False))
+    queries = coll._stored(self_ids)  # in the collection basis
+    # brute force in the collection basis (where distances equal the raw ones), k + 1
+    # because each query is itself stored
+    heap = faiss.ResultHeap(n, k + 1, keep_max=metric != "l2")
+    faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    for chunk_ids, vectors in storage.iter_vectors(dim, chunk=max(1, (32 << 20) // (4 * dim))):
+        d, i = faiss.knn(queries, vectors, min(k + 1, len(vectors)), faiss_metric)
+        heap.add_result(d, np.where(i >= 0, chunk_ids[np.maximum(i, 0)], -1))
+    heap.finalize()
+    truth = _drop_self(heap.I, self_ids, k)
+    return view.basis.invert(queries), self_ids, truth
+
+
+def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Rows of k+1 ids without the query's own id (or without the last, when absent)."""
+    is_self = found == self_ids[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), found.shape[1] - 1)
+    keep = np.ones(found.shape, dtype=bool)
+    keep[np.arange(len(found)), drop] = False
+    return found[keep].reshape(len(found), found.shape[1] - 1)[:, :k]
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth))
+    return hits / max(1, int((truth >= 0).sum()))
+
+
+def profiles_from_json(blob: bytes | None) -> dict[float, Profile]:
+    """Stored profiles by target (``meta/profiles``)."""
+    if not blob:
+        return {}
+    return {float(t): Profile(**p) for t, p in json.loads(blob)["profiles"].items()}
+
+
+def profiles_to_json(profiles: dict[float, Profile], default: float) -> bytes:
+    return json.dumps(
+        {"default": default, "profiles": {str(t): asdict(p) for t, p in profiles.items()}}
+    ).encode()
+
+
+def default_target(blob: bytes | None) -> float | None:
+    return float(json.loads(blob)["default"]) if blob else None
