@@ -9,6 +9,11 @@ probes few postings, scans their codes posting-major in faiss, and reranks exact
         result = coll.search(queries, k=10)          # result.ids, result.distances
 """
 
+from anns import threads as _threads
+
+# before faiss is first imported (see anns.threads)
+_threads.prefer_passive_openmp()
+
 from anns.bulk import BuildSummary, build
 from anns.config import MAX_K, IndexConfig, SearchParams, StorageConfig
 from anns.errors import (
@@ -34,6 +39,8 @@ from anns.errors import (
 )
 from anns.index import Collection
 from anns.search import SearchResult, SearchStats
+
+_threads.limit_blas_threads()
 
 __version__ = "0.1.0"
 

@@ -238,6 +238,7 @@ class Collection:
         explicit.update(knobs)
         target = explicit.pop("target_recall", None)
         if target is not None:
+            target = validated(SearchParams, target_recall=target).target_recall
             base = dict(self._profile_for(float(target)).params)
         if params is not None and not knobs and target is None:
             return params

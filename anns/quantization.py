@@ -15,6 +15,8 @@ look-up table per query).
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from typing import ClassVar
 
 import faiss
@@ -198,6 +200,24 @@ class FlatCodec(Codec):
 #: iterations in the first, 4 after) on up to 65,536 vectors, minutes for a few hundred dims on
 #: two cores. The rotation's gain flattens after about ten alternations and a few thousand
 #: vectors; the final PQ is then trained on the whole codec sample with its full iterations.
+#: faiss computes exhaustive distances with BLAS only for batches of at least this many
+#: queries (faiss 1.15's default is 128,000, so a k-means step never does). PQ training
+#: assigns thousands of points to 256 centroids of a few dims per sub-quantizer: through
+#: BLAS it measured 12x faster (16,384 x 256 dims, m=64: 1.6 s against 20 s).
+BLAS_THRESHOLD_FOR_TRAINING = 20
+
+
+@contextlib.contextmanager
+def _blas_distances() -> Iterator[None]:
+    """Lower faiss's BLAS threshold (a process-wide setting) for the duration of a training."""
+    saved = faiss.cvar.distance_compute_blas_threshold
+    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD_FOR_TRAINING
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = saved
+
+
 OPQ_ITERATIONS = 12
 OPQ_FIRST_PQ_ITERATIONS = 10
 OPQ_TRAIN_POINTS = 8192
@@ -268,7 +288,8 @@ class OPQCodec(Codec):
         pq = faiss.IndexPQ(self.d_out, self.m, nbits, faiss_metric(self.metric))
         pq.pq.cp.min_points_per_centroid = 1
         holder = faiss.IndexPreTransform(opq, pq)  # keeps Python references to both
-        holder.train(x)
+        with _blas_distances():
+            holder.train(x)
         self._holder = holder
         self._bind()
 

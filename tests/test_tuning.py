@@ -1,0 +1,210 @@
+"""Tuned search profiles: ``Collection.tune`` / ``anns tune`` and ``target_recall`` searches."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import anns
+from anns import (
+    EmptyCollectionError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    SearchParams,
+    StorageConfig,
+)
+from anns.cli import main
+from anns.evaluation import exact_knn, recall_at
+from anns.tuning import _held_out
+
+Data = tuple[np.ndarray, np.ndarray]
+
+#: Small enough to tune in seconds: 3000 x 32, routing on an 8-dim prefix of PCA codes.
+CONFIG = {"d_route": 8, "d_scan": 16, "posting_size": 32, "codec": "opq", "pq_m": 8}
+
+
+@pytest.fixture(scope="module")
+def data(clustered: Data) -> Data:
+    base, queries = clustered
+    return base[:3000], queries
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Path:
+    """A collection tuned for recall@10 0.9 then 0.8 (the default is the last tuned)."""
+    path = tmp_path_factory.mktemp("tuned") / "c"
+    anns.build(path, data[0], config=CONFIG)
+    with anns.Collection.open(path) as coll:
+        coll.tune(0.9, queries=150)
+        coll.tune(0.8, queries=150)
+    return path
+
+
+@pytest.fixture
+def coll(tuned: Path) -> Iterator[anns.Collection]:
+    with anns.Collection.open(tuned, StorageConfig(read_only=True)) as c:
+        yield c
+
+
+def test_a_tuned_profile_meets_its_target_on_queries_it_never_saw(
+    coll: anns.Collection, data: Data
+) -> None:
+    base, queries = data  # the fixture's queries: not stored, not sampled by tune
+    truth, _ = exact_knn(base, queries, 10)
+    for target in (0.8, 0.9):
+        found = coll.search(queries, 10, target_recall=target).ids
+        # tune picks by a lower confidence bound, so the held-out recall clears the target
+        # up to the sampling error of 100 queries (one standard error, ~0.01-0.02)
+        assert recall_at(found, truth, 10) >= target - 0.02, target
+
+
+def test_tuning_explores_the_stage_dims_and_reports_its_curve(
+    tmp_path: Path, data: Data
+) -> None:
+    anns.build(tmp_path / "c", data[0], config=CONFIG)
+    with anns.Collection.open(tmp_path / "c") as c:
+        report = c.tune(0.9, queries=100, store=False)
+        assert c.profiles() == {}  # store=False
+    profile = report.profile
+    assert profile.target_recall == 0.9 and profile.k == 10 and profile.queries == 100
+    assert profile.d_scan == 16
+    assert profile.recall >= 0.9
+    assert {p.params["d_rerank"] for p in report.curve} == {32, _energy_prefix(data[0])}
+    assert {p.params["d_route"] for p in report.curve} == {8}
+    assert {p.params["eps2"] for p in report.curve} >= {0.3, 1.0, float("inf")}
+    # the curve is monotone in the posting cap for a fixed shape (recall grows with it)
+    shape = {k: v for k, v in profile.params.items() if k != "max_postings"}
+    ladder = sorted(
+        (p.params["max_postings"], p.recall) for p in report.curve
+        if {k: v for k, v in p.params.items() if k != "max_postings"} == shape
+    )
+    assert all(r1 <= r2 + 1e-9 for (_, r1), (_, r2) in zip(ladder, ladder[1:]))
+    assert report.truth_seconds > 0 and report.seconds >= report.truth_seconds
+    assert json.loads(json.dumps(report.to_dict()))["profile"]["params"] == profile.params
+
+
+def _energy_prefix(base: np.ndarray) -> int:
+    """The shortest PCA prefix of ``base`` keeping 99.9% of the centred energy."""
+    centred = base.astype(np.float64) - base.mean(axis=0)
+    energy = np.cumsum(np.linalg.eigvalsh(centred.T @ centred)[::-1])
+    return int(np.searchsorted(energy, 0.999 * energy[-1]) + 1)
+
+
+def test_the_last_tuned_profile_is_the_default_and_survives_reopening(
+    coll: anns.Collection, data: Data
+) -> None:
+    profiles = coll.profiles()
+    assert sorted(profiles) == [0.8, 0.9]
+    default = SearchParams(**profiles[0.8]["params"])
+    plain = coll.search(data[1], 10, return_stats=True)
+    explicit = coll.search(data[1], 10, default, return_stats=True)
+    np.testing.assert_array_equal(plain.ids, explicit.ids)
+    assert plain.stats is not None and explicit.stats is not None
+    assert plain.stats.postings_probed == explicit.stats.postings_probed
+    # a keyword knob overrides the default profile's value and keeps the rest of it
+    wider = coll.search(data[1], 10, max_postings=default.max_postings + 8, return_stats=True)
+    assert wider.stats is not None
+    assert wider.stats.postings_probed >= plain.stats.postings_probed
+
+
+def test_target_recall_takes_the_cheapest_profile_reaching_it(
+    coll: anns.Collection, data: Data
+) -> None:
+    profiles = coll.profiles()
+    for target, expected in ((0.5, 0.8), (0.8, 0.8), (0.85, 0.9), (0.9, 0.9)):
+        chosen = SearchParams(**profiles[expected]["params"])
+        a = coll.search(data[1], 10, target_recall=target, return_stats=True)
+        b = coll.search(data[1], 10, chosen, return_stats=True)
+        np.testing.assert_array_equal(a.ids, b.ids)
+        assert a.stats is not None and b.stats is not None
+        assert a.stats.postings_probed == b.stats.postings_probed
+    # the same through SearchParams
+    c = coll.search(data[1], 10, SearchParams(target_recall=0.85))
+    np.testing.assert_array_equal(c.ids, coll.search(data[1], 10, target_recall=0.9).ids)
+
+
+def test_a_target_no_profile_reaches_names_the_tuned_ones_and_the_command(
+    coll: anns.Collection, data: Data
+) -> None:
+    with pytest.raises(FailedPreconditionError, match=r"0\.95 .*0\.8, 0\.9.*anns tune"):
+        coll.search(data[1], 10, target_recall=0.95)
+
+
+def test_an_untuned_collection_has_no_profiles(tmp_path: Path, data: Data) -> None:
+    anns.build(tmp_path / "c", data[0][:500], config={"posting_size": 32})
+    with anns.Collection.open(tmp_path / "c") as c:
+        assert c.profiles() == {}
+        with pytest.raises(FailedPreconditionError, match="tuned targets: none"):
+            c.search(data[1], 10, target_recall=0.9)
+
+
+@pytest.mark.parametrize("target", [0.0, -0.1, 1.01])
+def test_tune_refuses_a_target_outside_0_1(coll: anns.Collection, target: float) -> None:
+    with pytest.raises(InvalidArgumentError, match="target recall"):
+        coll.tune(target, store=False)
+
+
+@pytest.mark.parametrize("target", [0.0, 1.5])
+def test_search_refuses_a_target_recall_outside_0_1(
+    coll: anns.Collection, data: Data, target: float
+) -> None:
+    with pytest.raises(InvalidArgumentError, match="target_recall"):
+        coll.search(data[1], 10, target_recall=target)
+
+
+def test_tune_needs_more_vectors_than_k_and_a_writable_collection(
+    tmp_path: Path, data: Data, coll: anns.Collection
+) -> None:
+    with anns.Collection.create(tmp_path / "empty", anns.IndexConfig(dim=32)) as c:
+        with pytest.raises(EmptyCollectionError):
+            c.tune(0.9)
+        c.add(data[0][:10])
+        with pytest.raises(InvalidArgumentError, match="more than 10 stored vectors"):
+            c.tune(0.9)
+    with pytest.raises(FailedPreconditionError, match="read-only"):
+        coll.tune(0.9)  # read-only: storing the profile is refused before measuring
+
+
+def test_held_out_truth_is_the_exact_neighbours_without_the_query_itself(
+    coll: anns.Collection, data: Data
+) -> None:
+    base = data[0]
+    queries, self_ids, truth = _held_out(coll, 40, 10, seed=3)
+    assert len(set(self_ids.tolist())) == 40
+    np.testing.assert_allclose(queries, base[self_ids], atol=1e-4)
+    dist = ((base[self_ids, None, :].astype(np.float64) - base[None]) ** 2).sum(-1)
+    dist[np.arange(40), self_ids] = np.inf
+    for row in range(40):
+        # ties aside, the 10 ids are the 10 smallest distances other than the query's own
+        kth = np.sort(dist[row])[9]
+        assert (dist[row, truth[row]] <= kth + 1e-4).all()
+        assert self_ids[row] not in truth[row]
+
+
+def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
+    tmp_path: Path, data: Data, capsys: pytest.CaptureFixture[str]
+) -> None:
+    anns.build(tmp_path / "c", data[0][:2000], config=CONFIG)
+    code = main(["tune", str(tmp_path / "c"), "--recall", "0.85", "--queries", "80",
+                 "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["stored"] is False
+    assert printed["target_recall"] == 0.85 and "max_postings" in printed["params"]
+    assert "max_postings" in err  # the curve table
+    with anns.Collection.open(tmp_path / "c") as c:
+        assert c.profiles() == {}
+    code = main(["tune", str(tmp_path / "c"), "--recall", "0.85", "--queries", "80"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["stored"] is True
+    with anns.Collection.open(tmp_path / "c") as c:
+        assert list(c.profiles()) == [0.85]
+    code = main(["tune", str(tmp_path / "c"), "--recall", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "target recall must be in (0, 1]" in err and out == ""
