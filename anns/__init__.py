@@ -7,7 +7,12 @@ probes few postings, scans their codes posting-major in faiss, and reranks exact
     anns.build("my.coll", vectors)                  # bulk build, or Collection.create + add
     with anns.Collection.open("my.coll") as coll:
         result = coll.search(queries, k=10)          # result.ids, result.distances
+
+``anns.Client("host:port")`` reaches collections on a server (``anns serve``) the same way; it
+is imported on first use, so the embedded library needs no gRPC.
 """
+
+from typing import Any as _Any
 
 from anns import threads as _threads
 
@@ -52,6 +57,7 @@ __all__ = [
     "Collection",
     "CollectionClosedError",
     "CollectionExistsError",
+    "Client",
     "CollectionNotFoundError",
     "CorruptCollectionError",
     "DTypeError",
@@ -75,3 +81,13 @@ __all__ = [
     "build",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    """``anns.Client`` is imported on first use: it needs gRPC, the library does not."""
+    if name == "Client":
+        from anns.client import Client
+
+        globals()["Client"] = Client
+        return Client
+    raise AttributeError(f"module 'anns' has no attribute {name!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from anns.bulk import build
-from anns.config import SearchParams, StorageConfig, validated
-from anns.errors import AnnsError, InputFormatError
+from anns.config import IndexConfig, SearchParams, StorageConfig, validated
+from anns.errors import AnnsError, InputFormatError, InvalidArgumentError
 from anns.evaluation import recall_at
 from anns.formats import open_matrix
 from anns.index import Collection
@@ -38,6 +39,28 @@ def _storage_config(args: argparse.Namespace, *, read_only: bool = False) -> Sto
     return validated(StorageConfig, **fields)
 
 
+def _client_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", metavar="HOST:PORT",
+                        help="use the collection NAME on this anns server instead of a directory")
+    parser.add_argument("--token-file", type=Path,
+                        help="file holding the server's bearer token (or set ANNS_TOKEN)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    parser.add_argument("--tls-ca", type=Path, help="PEM file of the CA of the server's cert")
+
+
+def _token(path: Path | None) -> str | None:
+    if path is not None:
+        return path.read_text().strip()
+    return os.environ.get("ANNS_TOKEN") or None
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from anns.client import Client
+
+    return Client(args.server, token=_token(args.token_file), tls=args.tls,
+                  root_certificates=args.tls_ca)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anns", description="memory-disk hybrid vector search")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -52,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _storage_args(p)
 
-    p = sub.add_parser("search", help="batch search a collection")
-    p.add_argument("dir", type=Path)
+    p = sub.add_parser("search", help="batch search a collection (local, or with --server)")
+    p.add_argument("dir", type=Path, metavar="DIR|NAME")
     p.add_argument("--queries", required=True, type=Path)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--out", type=Path, help="write int64 [q, k] ids here (.npy)")
@@ -67,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-recall", type=float,
                    help="use the profile `anns tune` stored for this recall target")
     _storage_args(p)
+    _client_args(p)
 
     p = sub.add_parser("tune", help="choose and store the search profile for a recall target")
     p.add_argument("dir", type=Path)
@@ -80,7 +104,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="measure and print; store nothing")
 
     p = sub.add_parser("info", help="a collection's config and figures as JSON")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=Path, metavar="DIR|NAME")
+    _client_args(p)
+
+    p = sub.add_parser("serve", help="serve the collections under DIR over gRPC")
+    p.add_argument("dir", type=Path, help="each subdirectory is a collection named after it")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port (default 50051)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--max-message-mb", type=float, default=64.0,
+                   help="largest request or response in MiB (default 64)")
+    p.add_argument("--max-batch", type=int, default=65536,
+                   help="most queries or vectors in one request (default 65536)")
+    p.add_argument("--workers", type=int, default=32, help="threads serving calls (default 32)")
+    p.add_argument("--token-file", type=Path,
+                   help="require this bearer token (file; or set ANNS_TOKEN)")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS only")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument("--grace", type=float, default=30.0,
+                   help="seconds calls in flight may run after SIGTERM (default 30)")
+    p.add_argument("--log-format", choices=["json", "text"], default="json")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    _storage_args(p)
+
+    p = sub.add_parser("ingest", help="stream vectors from a file into a collection")
+    p.add_argument("dir", type=Path, metavar="DIR|NAME")
+    p.add_argument("--vectors", required=True, type=Path, help=".npy or .fvecs (memory-mapped)")
+    p.add_argument("--ids", type=Path, help=".npy of int64 ids (default: assigned)")
+    p.add_argument("--upsert", action="store_true", help="replace stored ids (needs --ids)")
+    p.add_argument("--batch-rows", type=int, help="vectors per atomic batch")
+    p.add_argument("--create", action="store_true",
+                   help="create the collection first (dim from the file; --metric, --config)")
+    p.add_argument("--metric", choices=["l2", "ip", "cosine"])
+    p.add_argument("--config", type=Path, help="JSON file of IndexConfig fields (--create)")
+    p.add_argument("--no-progress", action="store_true")
+    _storage_args(p)
+    _client_args(p)
 
     p = sub.add_parser("bench", help="benchmark against faiss (and DiskANN) on a dataset dir")
     p.add_argument("dataset", type=Path)
@@ -93,18 +153,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_file(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputFormatError(f"{path}: not a JSON config file ({e})") from e
+    if not isinstance(config, dict):
+        raise InputFormatError(
+            f"{path}: a config must be a JSON object of IndexConfig fields, "
+            f"got {type(config).__name__}"
+        )
+    return config
+
+
 def _cmd_build(args: argparse.Namespace) -> None:
-    config: dict[str, Any] = {}
-    if args.config:
-        try:
-            config = json.loads(args.config.read_text())
-        except (OSError, ValueError) as e:
-            raise InputFormatError(f"{args.config}: not a JSON config file ({e})") from e
-        if not isinstance(config, dict):
-            raise InputFormatError(
-                f"{args.config}: a config must be a JSON object of IndexConfig fields, "
-                f"got {type(config).__name__}"
-            )
+    config: dict[str, Any] = _config_file(args.config) if args.config else {}
     if args.metric:
         config["metric"] = args.metric
     summary = build(
@@ -123,11 +186,18 @@ def _cmd_search(args: argparse.Namespace) -> None:
     }
     validated(SearchParams, **knobs)  # bad knobs fail before the collection is opened
     queries = np.asarray(open_matrix(args.queries))
-    with Collection.open(args.dir, _storage_config(args, read_only=True)) as coll:
-        t0 = time.perf_counter()
-        # knobs override the collection's tuned default profile, if it has one
-        result = coll.search(queries, args.k, return_stats=True, **knobs)
-        seconds = time.perf_counter() - t0
+    if args.server:
+        with _client(args) as client:
+            remote = client.collection(str(args.dir))
+            t0 = time.perf_counter()
+            result = remote.search(queries, args.k, return_stats=True, **knobs)
+            seconds = time.perf_counter() - t0
+    else:
+        with Collection.open(args.dir, _storage_config(args, read_only=True)) as coll:
+            t0 = time.perf_counter()
+            # knobs override the collection's tuned default profile, if it has one
+            result = coll.search(queries, args.k, return_stats=True, **knobs)
+            seconds = time.perf_counter() - t0
     if args.out:
         np.save(args.out, result.ids)
     stats = result.stats
@@ -170,8 +240,81 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
+    if args.server:
+        with _client(args) as client:
+            print(json.dumps(client.collection(str(args.dir)).info(), indent=2))
+        return
     with Collection.open(args.dir, StorageConfig(read_only=True)) as coll:
         print(json.dumps(coll.info(), indent=2))
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from server import ServerConfig, serve  # the server ships beside the library
+    from server.logs import configure
+
+    configure(args.log_level, args.log_format)
+    config = validated(
+        ServerConfig, root=args.dir, host=args.host, port=args.port,
+        max_message_bytes=int(args.max_message_mb * (1 << 20)), max_batch=args.max_batch,
+        workers=args.workers, token=_token(args.token_file), tls_cert=args.tls_cert,
+        tls_key=args.tls_key, metrics_port=args.metrics_port, grace_seconds=args.grace,
+        storage=_storage_config(args),
+    )
+
+    def started(running: Any) -> None:  # for people and scripts: where it listens
+        print(json.dumps({"address": running.address, "port": running.port,
+                          "metrics_port": running.metrics_port}), flush=True)
+
+    serve(config, on_start=started)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from anns.formats import open_ids
+
+    if args.upsert and args.ids is None:
+        raise InvalidArgumentError("--upsert replaces stored ids: give them with --ids")
+    x = open_matrix(args.vectors)
+    ids = open_ids(args.ids) if args.ids is not None else None
+    config: dict[str, Any] = _config_file(args.config) if args.config else {}
+    if args.metric:
+        config["metric"] = args.metric
+    config["dim"] = x.shape[1]
+    t0 = time.perf_counter()
+    if args.server:
+        with _client(args) as client:
+            if args.create:
+                remote = client.create_collection(str(args.dir), config)
+            else:
+                remote = client.collection(str(args.dir))
+            written = remote.ingest(x, ids, upsert=args.upsert, batch_rows=args.batch_rows,
+                                    progress=not args.no_progress)
+            count = remote.count()
+    else:
+        storage = _storage_config(args)
+        if args.create:
+            coll = Collection.create(args.dir, validated(IndexConfig, **config), storage)
+        else:
+            coll = Collection.open(args.dir, storage)
+        with coll:
+            rows = args.batch_rows or max(1, (8 << 20) // (4 * x.shape[1] + 8))
+            parts = []
+            with tqdm(total=len(x), unit="vec", disable=args.no_progress,
+                      desc=f"ingest {args.dir.name}") as bar:
+                for start in range(0, len(x), rows):
+                    part = np.asarray(x[start:start + rows])
+                    part_ids = None if ids is None else np.asarray(ids[start:start + rows])
+                    if args.upsert:
+                        parts.append(coll.upsert(part, part_ids))
+                    else:
+                        parts.append(coll.add(part, part_ids))
+                    bar.update(len(part))
+            written = np.concatenate(parts) if parts else np.empty(0, np.int64)
+            count = coll.count()
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"written": len(written), "count": count, "seconds": round(seconds, 3),
+                      "vectors_per_second": round(len(written) / seconds, 1) if seconds else None}))
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -185,7 +328,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 _COMMANDS = {
     "build": _cmd_build, "search": _cmd_search, "tune": _cmd_tune, "info": _cmd_info,
-    "bench": _cmd_bench,
+    "bench": _cmd_bench, "serve": _cmd_serve, "ingest": _cmd_ingest,
 }
 
 
@@ -199,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         _COMMANDS[args.command](args)
     except (AnnsError, OSError) as e:  # OSError: an output path that cannot be written
         print(f"anns: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        grpc = sys.modules.get("grpc")  # only a command that used a server imported it
+        if grpc is None or not isinstance(e, grpc.RpcError):
+            raise
+        print(f"anns: error: server {args.server}: {e.code().name}: {e.details()}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -11,6 +11,8 @@ import anns.errors
 
 
 def _public_names() -> set[str]:
+    for name in anns.__all__:
+        getattr(anns, name)  # lazy exports (module __getattr__) resolve and are cached
     return {
         name
         for name, value in vars(anns).items()

@@ -1,0 +1,138 @@
+"""Wire <-> library: ``from_proto_*`` / ``to_proto_*`` pairs, numpy without copies.
+
+Arrays travel packed little-endian (float32 vectors and distances, int64 ids); decoding is
+``np.frombuffer``. Sizes are checked here, so a malformed message is an INVALID_ARGUMENT that
+says which field is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from anns.config import IndexConfig, SearchParams, validated
+from anns.errors import InvalidArgumentError, NotFoundError
+from anns.index import Collection
+from anns.search import SearchStats
+from anns_proto.anns.v1 import anns_pb2 as pb
+
+#: Library value <-> proto enum, per enum-valued config field.
+_ENUMS: dict[str, tuple[str, Any]] = {
+    "metric": ("METRIC_", pb.Metric),
+    "codec": ("CODEC_", pb.Codec),
+    "centroid_index": ("CENTROID_INDEX_", pb.CentroidIndex),
+}
+
+
+# --------------------------------------------------------------------------------- arrays
+def from_proto_vectors(batch: pb.VectorBatch, what: str = "vectors") -> np.ndarray:
+    """float32 [rows, dim] view of a VectorBatch (read-only, no copy)."""
+    if batch.dim == 0:
+        raise InvalidArgumentError(f"{what}.dim must be positive, got 0")
+    row = 4 * batch.dim
+    if len(batch.data) % row:
+        raise InvalidArgumentError(
+            f"{what}.data holds {len(batch.data)} bytes, not a whole number of float32 rows of "
+            f"dim {batch.dim} ({row} bytes each)"
+        )
+    return np.frombuffer(batch.data, dtype="<f4").reshape(-1, batch.dim)
+
+
+def to_proto_vectors(x: np.ndarray) -> pb.VectorBatch:
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return pb.VectorBatch(data=x.tobytes(), dim=x.shape[-1] if x.ndim else 0)
+
+
+def from_proto_ids(data: bytes, what: str = "ids") -> np.ndarray:
+    """int64 [n] view of packed little-endian ids (validated by the library after)."""
+    if len(data) % 8:
+        raise InvalidArgumentError(f"{what} holds {len(data)} bytes, not a whole number of int64")
+    return np.frombuffer(data, dtype="<i8")
+
+
+def to_proto_ids(ids: np.ndarray) -> bytes:
+    data: bytes = np.ascontiguousarray(ids, dtype="<i8").tobytes()
+    return data
+
+
+def check_model(model: str, collection: str) -> None:
+    """Model versions come next: today every collection holds its base model only."""
+    if model:
+        raise NotFoundError(
+            f"model {model!r} is not registered in collection {collection!r} (it holds only "
+            f"its base model: leave model empty)"
+        )
+
+
+# --------------------------------------------------------------------------------- config
+def from_proto_config(msg: pb.CollectionConfig) -> IndexConfig:
+    fields: dict[str, Any] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        name = fd.name
+        if name in _ENUMS:
+            prefix, enum = _ENUMS[name]
+            value = getattr(msg, name)
+            if value:  # UNSPECIFIED: the library's default
+                fields[name] = enum.Name(value).removeprefix(prefix).lower()
+        elif fd.has_presence:
+            if msg.HasField(name):
+                fields[name] = getattr(msg, name)
+        else:
+            fields[name] = getattr(msg, name)
+    return validated(IndexConfig, **fields)
+
+
+def to_proto_config(config: IndexConfig) -> pb.CollectionConfig:
+    fields: dict[str, Any] = {}
+    for name, value in config.model_dump().items():
+        if value is None:
+            continue
+        if name in _ENUMS:
+            prefix, enum = _ENUMS[name]
+            value = enum.Value(prefix + value.upper())
+        fields[name] = value
+    return pb.CollectionConfig(**fields)
+
+
+def from_proto_params(msg: pb.SearchParams) -> dict[str, Any]:
+    """The knobs a request sets, as keyword arguments of Collection.search (checked)."""
+    knobs = {fd.name: getattr(msg, fd.name) for fd in msg.DESCRIPTOR.fields
+             if msg.HasField(fd.name)}
+    validated(SearchParams, **knobs)
+    return knobs
+
+
+def to_proto_stats(stats: SearchStats) -> pb.SearchStats:
+    return pb.SearchStats(
+        queries=stats.queries, postings_probed=stats.postings_probed,
+        postings_pruned=stats.postings_pruned, postings_fetched=stats.postings_fetched,
+        bytes_read=stats.bytes_read, candidates_scored=stats.candidates_scored,
+        reranked=stats.reranked, seconds=stats.seconds,
+    )
+
+
+def from_proto_stats(msg: pb.SearchStats) -> SearchStats:
+    return SearchStats(
+        queries=msg.queries, postings_probed=msg.postings_probed,
+        postings_pruned=msg.postings_pruned, postings_fetched=msg.postings_fetched,
+        bytes_read=msg.bytes_read, candidates_scored=msg.candidates_scored,
+        reranked=msg.reranked, seconds=dict(msg.seconds),
+    )
+
+
+# ----------------------------------------------------------------------------- collection
+def to_proto_collection(name: str, coll: Collection) -> pb.Collection:
+    info = coll.info()
+    info.pop("path", None)  # a path of the server's machine is no business of its clients
+    return pb.Collection(
+        name=name,
+        state=pb.COLLECTION_STATE_READY,
+        config=to_proto_config(coll.config),
+        count=info["count"],
+        postings=info["postings"],
+        disk_bytes=info["disk_bytes"],
+        tuned_recall_targets=sorted(coll.profiles()),
+        info_json=json.dumps({"name": name, **info}),
+    )
