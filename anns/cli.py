@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="maximise batch throughput or single-query rate (default batch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="measure and print; store nothing")
+    p.add_argument("--d-scan", default=None, metavar="D1,D2,...",
+                   help="scan prefixes to try too: each re-encodes the postings at the same "
+                        "code size; the collection keeps the fastest's codes")
 
     p = sub.add_parser("info", help="a collection's config and figures as JSON")
     p.add_argument("dir", type=Path, metavar="DIR|NAME")
@@ -218,19 +221,29 @@ def _cmd_search(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    """``"64,128"`` -> [64, 128]; None stays None; anything else is a named usage error."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
 def _cmd_tune(args: argparse.Namespace) -> None:
     storage = StorageConfig(read_only=args.dry_run)
     with Collection.open(args.dir, storage) as coll:
         report = coll.tune(
             args.recall, k=args.k, queries=args.queries, objective=args.objective,
-            seed=args.seed, store=not args.dry_run,
+            seed=args.seed, store=not args.dry_run, d_scans=_int_list(args.d_scan, "--d-scan"),
         )
     # the curve, for people, on stderr; the profile, for programs, on stdout
-    print(f"{'max_postings':>12} {'eps2':>5} {'refine':>6} {'d_route':>7} {'d_rerank':>8} "
-          f"{'recall':>7} {'qps':>9}", file=sys.stderr)
+    print(f"{'d_scan':>6} {'max_postings':>12} {'eps2':>5} {'refine':>6} {'d_route':>7} "
+          f"{'d_rerank':>8} {'recall':>7} {'qps':>9}", file=sys.stderr)
     for point in report.curve:
         p = point.params
-        print(f"{p['max_postings']:>12} {p['eps2']:>5} {p['refine_factor']:>6} "
+        print(f"{point.d_scan:>6} {p['max_postings']:>12} {p['eps2']:>5} {p['refine_factor']:>6} "
               f"{p.get('d_route', '-'):>7} {p.get('d_rerank', '-'):>8} {point.recall:>7.4f} "
               f"{point.qps:>9.0f}", file=sys.stderr)
     out = report.to_dict()

@@ -267,6 +267,78 @@ class Collection:
             self._check_writable()
         return tune(self, recall, **options)
 
+    def recode(
+        self,
+        *,
+        d_scan: int | None = None,
+        codec: str | None = None,
+        pq_m: int | None = None,
+        sample: int = 16384,
+        seed: int = 0,
+    ) -> dict[str, Any]:
+        """Re-encode every posting for new scan dims and/or a new codec, from the stored full
+        vectors: change the bytes per vector or the scanned prefix of a live collection
+        without rebuilding it. Routing, the basis and the full vectors stay as they are.
+
+        The codec trains on ``sample`` stored vectors; one pass over the vectors then encodes
+        them and every posting is rewritten in one atomic batch (memory: the new codes of
+        every posting entry). Searches keep answering throughout on the old codes and see
+        the new ones at once; writes wait. Tuned profiles measured on the old codes are
+        dropped. Returns the new stage dims and code size.
+        """
+        self._check_writable()
+        with self._lock:
+            self._check_open()
+            view = self._require_view()
+            fields = self.config.model_dump()
+            fields["d_route"] = view.d_route  # the centroids stay at their dims
+            if d_scan is not None:
+                fields["d_scan"] = d_scan
+            if codec is not None:
+                fields["codec"] = codec
+            if pq_m is not None:
+                fields["pq_m"] = pq_m
+            config = validated(IndexConfig, **fields)
+            new_codec = make_codec(config.codec, config.scan_dims, config.metric, config.pq_m)
+            all_ids = self._storage.vector_ids()
+            rng = np.random.default_rng(seed)
+            chosen = np.sort(rng.choice(all_ids, min(sample, len(all_ids)), replace=False))
+            new_codec.train(prefix(self._stored(chosen), config.scan_dims))
+
+            # one pass over the vectors: the new code of every stored id, by position
+            codes = np.empty((len(all_ids), new_codec.code_size), dtype=np.uint8)
+            at = 0
+            for _, vectors in self._storage.iter_vectors(self.dim):
+                codes[at : at + len(vectors)] = new_codec.encode(prefix(vectors, config.scan_dims))
+                at += len(vectors)
+            batch = self._storage.batch()
+            old_size = view.codec.code_size
+            for key, blob in self._storage.iter_postings():
+                p_ids, _ = decode_posting(bytes(blob), old_size)
+                rows = np.minimum(np.searchsorted(all_ids, p_ids), len(all_ids) - 1)
+                if len(p_ids) and not np.array_equal(all_ids[rows], p_ids):
+                    raise CorruptCollectionError(
+                        f"posting {int.from_bytes(bytes(key), 'big')} of collection "
+                        f"{self.path} holds ids with no stored vector"
+                    )
+                pid = int.from_bytes(bytes(key), "big")
+                batch.put_posting(pid, encode_posting(p_ids, codes[rows]))
+            del codes
+            batch.put_meta("codec", new_codec.to_bytes())
+            batch.put_meta("config", config.model_dump_json().encode())
+            batch.delete_meta("profiles")
+            new_view = self._make_view(view.basis, view.router, new_codec)
+            with self._commit.write():
+                self._storage.write(batch)
+                self.config, self._view = config, new_view
+                self._profiles, self._default_profile = {}, None
+            release_freed_heap()
+            log.info("recoded postings: %s codes of %d dims, %d bytes per vector",
+                     config.codec, config.scan_dims, new_codec.code_size)
+            return {"stage_dims": {"d_route": new_view.d_route, "d_scan": new_view.d_scan,
+                                   "d_rerank": new_view.d_rerank},
+                    "codec": config.codec, "code_size": new_codec.code_size}
+
     def _store_profile(self, profile: Profile) -> None:
         with self._lock:
             self._check_open()

@@ -143,6 +143,9 @@ class Batch:
     def put_meta(self, name: str, value: bytes) -> None:
         self._wb.put(name.encode(), value, self.storage._handles[META])
 
+    def delete_meta(self, name: str) -> None:
+        self._wb.delete(name.encode(), self.storage._handles[META])
+
 
 class Storage:
     """A collection's RocksDB database. Thread-safe for reads; writers serialise themselves."""

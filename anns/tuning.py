@@ -13,8 +13,12 @@ knobs a search may change:
 Each shape's cheapest passing point is timed; the best few are timed again and the fastest
 wins. A point passes when a lower confidence bound of its recall (one standard error below
 the measured mean) reaches the target, so a profile tuned on a few hundred queries still
-meets its target on others. ``d_scan`` is what the stored codes hold; it is chosen at build
-time (``IndexConfig.d_scan``) and reported, not changed, here.
+meets its target on others.
+
+``d_scan`` is what the stored codes hold, so trying another means re-encoding the postings
+(:meth:`anns.Collection.recode`: one pass over the stored vectors). Given ``d_scans``, tune
+explores every shape above on codes of each prefix, at the collection's code size (equal
+bytes per vector: AdANNS's trade of fewer dims for finer codes), and keeps the winner's.
 
 Profiles are stored with the collection by target (``meta/profiles``); the latest tuned is the
 collection's default, and a search names one with ``SearchParams(target_recall=...)``.
@@ -25,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,6 +63,8 @@ class TunePoint:
     recall: float
     recall_lower: float
     qps: float
+    d_scan: int
+    """Dims of the codes scanned (what the postings held when it was measured)."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +111,18 @@ def tune(
     objective: Objective = "batch",
     seed: int = 0,
     store: bool = True,
+    d_scans: Sequence[int] | None = None,
 ) -> TuneReport:
     """Find the fastest search knobs reaching ``recall``@k on ``queries`` held-out vectors.
 
     ``objective``: ``batch`` times all tuning queries in one call (throughput), ``single``
     one query per call (latency). With ``store`` the profile is saved with the collection and
-    becomes its default. Raises InvalidArgumentError for a target outside (0, 1] or too few
-    stored vectors, EmptyCollectionError for an empty collection.
+    becomes its default. ``d_scans``: scan prefixes to try as well; each is measured on
+    postings re-encoded for it (:meth:`Collection.recode`, with the collection's codec and
+    code size, so every candidate costs the same bytes per vector) and the collection keeps
+    the winner's codes. Raises InvalidArgumentError for a target outside (0, 1], too few
+    stored vectors or a d_scan the collection cannot hold, EmptyCollectionError for an
+    empty collection.
     """
     if not 0.0 < recall <= 1.0:
         raise InvalidArgumentError(f"target recall must be in (0, 1], got {recall}")
@@ -128,6 +140,17 @@ def tune(
             f"tuning recall@{k} needs more than {k} stored vectors; the collection has {count}"
         )
 
+    if d_scans:
+        if not store:
+            raise InvalidArgumentError(
+                "trying d_scan values re-encodes the postings: it cannot be a dry run"
+            )
+        bad = [d for d in d_scans if not view.d_route <= d <= coll.dim]
+        if bad:
+            raise InvalidArgumentError(
+                f"d_scan must be between the collection's d_route {view.d_route} and its dim "
+                f"{coll.dim}; got {bad}"
+            )
     t0 = time.perf_counter()
     raw_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
     truth_seconds = time.perf_counter() - t0
@@ -150,9 +173,42 @@ def tune(
         got = _drop_self(found, self_ids, k)
         mean = _recall(got, truth)
         lower = mean - math.sqrt(max(mean * (1 - mean), 0.0) / truth.size)
-        return TunePoint(_knobs(params), round(mean, 5), round(lower, 5), round(n / best, 1))
+        return TunePoint(_knobs(params), round(mean, 5), round(lower, 5), round(n / best, 1),
+                         coll._require_view().d_scan)
 
     curve: list[TunePoint] = []
+    best: tuple[TunePoint, int] | None = None
+    for d_scan in d_scans or [view.d_scan]:
+        if d_scan != coll._require_view().d_scan:
+            coll.recode(d_scan=d_scan)
+        point = _explore(coll, measure, recall, objective, curve)
+        if point is not None and (best is None or point.qps > best[0].qps):
+            best = (point, d_scan)
+    if best is None:
+        best_seen = max(curve, key=lambda p: p.recall)
+        raise InvalidArgumentError(
+            f"no setting reaches recall@{k} {recall} on this collection: the best measured is "
+            f"{best_seen.recall:.4f} at {best_seen.params}"
+        )
+    winner, d_scan = best
+    if d_scan != coll._require_view().d_scan:
+        coll.recode(d_scan=d_scan)
+    profile = Profile(
+        target_recall=recall, params=winner.params, recall=winner.recall, qps=winner.qps,
+        objective=objective, queries=len(raw_queries), k=k, d_scan=d_scan,
+    )
+    if store:
+        coll._store_profile(profile)
+    return TuneReport(profile, curve, truth_seconds, time.perf_counter() - started)
+
+
+def _explore(
+    coll: Collection, measure: Any, recall: float, objective: Objective,
+    curve: list[TunePoint],
+) -> TunePoint | None:
+    """The fastest passing point (timed by ``objective``) over the search shapes of the
+    collection's current codes, or None when none passes; every measurement joins ``curve``."""
+    view = coll._require_view()
     finalists: list[tuple[float, SearchParams]] = []
     steps = [p for p in POSTING_STEPS if p < view.router.size] + [view.router.size]
     for d_route in _route_dims(view.d_route):
@@ -169,23 +225,12 @@ def tune(
                     if point is not None:
                         finalists.append(point)
     if not finalists:
-        best_seen = max(curve, key=lambda p: p.recall)
-        raise InvalidArgumentError(
-            f"no setting reaches recall@{k} {recall} on this collection: the best measured is "
-            f"{best_seen.recall:.4f} at {best_seen.params}"
-        )
+        return None
     finalists.sort(key=lambda f: -f[0])
     timed = [measure(params, objective, repeats=3) for _, params in finalists[:FINALISTS]]
     curve.extend(timed)
-    winner = max((p for p in timed if p.recall_lower >= recall), key=lambda p: p.qps,
-                 default=max(timed, key=lambda p: p.recall_lower))
-    profile = Profile(
-        target_recall=recall, params=winner.params, recall=winner.recall, qps=winner.qps,
-        objective=objective, queries=len(raw_queries), k=k, d_scan=view.d_scan,
-    )
-    if store:
-        coll._store_profile(profile)
-    return TuneReport(profile, curve, truth_seconds, time.perf_counter() - started)
+    passing = [p for p in timed if p.recall_lower >= recall]
+    return max(passing, key=lambda p: p.qps) if passing else None
 
 
 def _cheapest_passing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +209,65 @@ def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
     code = main(["tune", str(tmp_path / "c"), "--recall", "2"])
     out, err = capsys.readouterr()
     assert code == 1 and "target recall must be in (0, 1]" in err and out == ""
+
+
+# ------------------------------------------------------------------------------ recode
+def test_recode_changes_the_codes_and_keeps_every_vector_searchable(
+    tmp_path: Path, data: Data
+) -> None:
+    base, queries = data
+    anns.build(tmp_path / "c", base, config=CONFIG)
+    truth, _ = exact_knn(base, queries, 10)
+    with anns.Collection.open(tmp_path / "c") as c:
+        c.tune(0.8, queries=60)
+        before = recall_at(c.search(queries, 10, refine_factor=1).ids, truth, 10)
+        done = c.recode(d_scan=32, pq_m=16)
+        assert done == {"stage_dims": {"d_route": 8, "d_scan": 32, "d_rerank": 32},
+                        "codec": "opq", "code_size": 16}
+        assert c.profiles() == {}  # measured on the old codes
+        after = recall_at(c.search(queries, 10, refine_factor=1).ids, truth, 10)
+        assert after > before  # twice the bytes over all dims rank better
+        # exhaustive search stays exact: every vector kept a code in every posting
+        exhaustive = c.search(queries, 10, max_postings=10_000, eps2=math.inf,
+                              refine_factor=1000).ids
+        assert recall_at(exhaustive, truth, 10) == 1.0
+    with anns.Collection.open(tmp_path / "c") as c:  # durable
+        assert c.info()["stage_dims"]["d_scan"] == 32 and c.info()["code_size"] == 16
+        assert c.config.d_route == 8  # the centroids' dims, pinned
+        np.testing.assert_array_equal(c.search(queries, 10, refine_factor=1).ids,
+                                      c.search(queries, 10, refine_factor=1).ids)
+        c.recode(codec="sq8")
+        assert c.info()["code_size"] == 32
+        assert recall_at(c.search(queries, 10).ids, truth, 10) >= 0.9
+
+
+def test_recode_refuses_what_the_collection_cannot_hold(
+    tmp_path: Path, data: Data, coll: anns.Collection
+) -> None:
+    anns.build(tmp_path / "c", data[0][:1000], config=CONFIG)
+    with anns.Collection.open(tmp_path / "c") as c:
+        with pytest.raises(InvalidArgumentError, match="d_route 8 is larger than d_scan 4"):
+            c.recode(d_scan=4)
+        with pytest.raises(InvalidArgumentError, match="d_scan"):
+            c.recode(d_scan=33)
+        assert c.info()["stage_dims"]["d_scan"] == 16  # unchanged
+    with pytest.raises(FailedPreconditionError, match="read-only"):
+        coll.recode(d_scan=32)
+
+
+def test_tune_over_scan_prefixes_keeps_the_winner_at_equal_bytes(
+    tmp_path: Path, data: Data
+) -> None:
+    anns.build(tmp_path / "c", data[0][:2000], config=CONFIG)
+    with anns.Collection.open(tmp_path / "c") as c:
+        report = c.tune(0.85, queries=80, d_scans=[8, 16, 32])
+        assert {p.d_scan for p in report.curve} == {8, 16, 32}
+        info = c.info()
+        assert info["stage_dims"]["d_scan"] == report.profile.d_scan
+        assert info["code_size"] == 8  # pq_m: every candidate at the same bytes per vector
+        assert list(c.profiles()) == [0.85]
+        with pytest.raises(InvalidArgumentError, match="cannot be a dry run"):
+            c.tune(0.85, d_scans=[16], store=False)
+        with pytest.raises(InvalidArgumentError, match=r"between .* d_route 8 .* got \[4\]"):
+            c.tune(0.85, d_scans=[16, 4])
+        assert c.info()["stage_dims"]["d_scan"] == report.profile.d_scan
