@@ -60,13 +60,18 @@ class Basis:
         """Principal axes of ``sample`` (float32 [n, dim], already normalised for cosine),
         highest energy first. Computed in float64; each axis's sign is fixed (largest
         component positive) so that the same sample always gives the same basis."""
-        x = np.asarray(sample, dtype=np.float64)
-        n, dim = x.shape
+        n, dim = sample.shape
         if n == 0:
             return cls.identity(dim)
-        if metric == "l2":
-            x = x - x.mean(axis=0)
-        moment = (x.T @ x) / n
+        # the second moment (centred for l2) in float64, a bounded block of rows at a time:
+        # a float64 copy of the whole sample would double the memory a build peaks at
+        mean = sample.mean(axis=0, dtype=np.float64) if metric == "l2" else np.zeros(dim)
+        moment = np.zeros((dim, dim))
+        step = max(1, (16 << 20) // (8 * dim))
+        for s in range(0, n, step):
+            block = sample[s : s + step].astype(np.float64) - mean
+            moment += block.T @ block
+        moment /= n
         values, vectors = np.linalg.eigh(moment)  # ascending
         order = np.argsort(values)[::-1]
         values = np.clip(values[order], 0.0, None)
@@ -83,6 +88,16 @@ class Basis:
         if self.matrix is None:
             return x
         return np.ascontiguousarray(x @ self.matrix)
+
+    def apply_in_place(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`apply` for a large writable float32 array, overwriting it a bounded block of
+        rows at a time (no second copy of it); returns ``x``."""
+        if self.matrix is None:
+            return x
+        step = max(1, (16 << 20) // (4 * self.dim))
+        for s in range(0, len(x), step):
+            x[s : s + step] = x[s : s + step] @ self.matrix
+        return x
 
     def invert(self, y: np.ndarray) -> np.ndarray:
         """Collection space -> raw (the transpose: the map is orthonormal). Equal to the raw

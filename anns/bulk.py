@@ -242,7 +242,7 @@ class _Builder:
             src = self.x[part[0] : part[-1] + 1] if _is_run(part) else self.x[part]
             out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
             drop_resident_pages(self.x)
-        return out if self.basis is None else self.basis.apply(out)
+        return out if self.basis is None else self.basis.apply_in_place(out)
 
     def _train(self) -> tuple[Router, Any]:
         cfg = self.cfg
@@ -251,7 +251,7 @@ class _Builder:
         rows = np.sort(rng.choice(self.n, size, replace=False)) if size < self.n else None
         sample = self._rows(rows if rows is not None else slice(0, self.n))
         self.basis = fit_basis(sample, cfg)
-        sample = self.basis.apply(sample)
+        sample = self.basis.apply_in_place(sample)  # the sample is this build's own array
         log.info(
             "basis %s: the first %d dims (d_route) keep %.1f%% of the energy, %d (d_scan) %.1f%%",
             self.basis.kind, cfg.route_dims, 100 * self.basis.prefix_energy(cfg.route_dims),
