@@ -43,7 +43,7 @@ from anns.errors import (
     NotFoundError,
 )
 from anns.index import Collection
-from anns.search import SearchResult, SearchStats
+from anns.search import QueryStats, SearchResult, SearchStats
 
 _threads.limit_blas_threads()
 
@@ -74,6 +74,7 @@ __all__ = [
     "LimitExceededError",
     "NonFiniteError",
     "NotFoundError",
+    "QueryStats",
     "SearchParams",
     "SearchResult",
     "SearchStats",

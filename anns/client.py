@@ -266,12 +266,17 @@ class RemoteCollection:
         **knobs: Any,
     ) -> RemoteSearchResult:
         """As :meth:`anns.Collection.search`; ``return_vectors`` also returns each result's
-        stored vector. Split into calls that fit the server's limits; results concatenated."""
+        stored vector. Split into calls that fit the server's limits; results concatenated, and
+        ``stats`` summed (``stats.per_query`` in query order, as the library's)."""
+        from server.convert import PER_QUERY_STATS_BYTES, from_proto_stats
+
         c, pb = self.client, self.client.pb
         k = check_k(k)
         q = as_vectors(queries, self.dim, what="query")
         request_params = pb.SearchParams(**_wire_knobs(params, knobs))
-        per_row = k * (12 + (4 * self.dim if return_vectors else 0))
+        # ids and distances of k results, their vectors and the query's figures if asked for
+        per_row = (k * (12 + (4 * self.dim if return_vectors else 0))
+                   + (PER_QUERY_STATS_BYTES if return_stats else 0))
         rows = c.rows_per_call(4 * self.dim, per_row, "query")
         ids, distances, vectors = [], [], []
         stats = SearchStats() if return_stats else None
@@ -286,9 +291,7 @@ class RemoteCollection:
             if return_vectors:
                 vectors.append(np.frombuffer(resp.vectors.data, dtype="<f4")
                                .reshape(len(part), k, self.dim))
-            if stats is not None:
-                from server.convert import from_proto_stats
-
+            if stats is not None:  # calls cover consecutive queries: figures concatenate
                 stats = stats + from_proto_stats(resp.stats)
         return RemoteSearchResult(
             _joined(ids, np.int64), _joined(distances, np.float32), stats,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -28,9 +28,52 @@ from anns.storage import Storage, decode_posting
 from anns.vectors import prefix
 
 
+def _no_queries() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class QueryStats:
+    """Figures of each query of a search call: int64 arrays [q], in query order.
+
+    A batch reads a posting (or a full vector) shared by several of its queries once, but
+    ``bytes_read`` counts it for every query that read it: the per-query bytes say what each
+    query would cost on its own and sum to at least :attr:`SearchStats.bytes_read`. The other
+    figures sum to their totals.
+    """
+
+    postings_probed: np.ndarray = field(default_factory=_no_queries)
+    """Postings scanned for the query (at most ``max_postings``)."""
+    candidates_scored: np.ndarray = field(default_factory=_no_queries)
+    """Codes scored in the scan: the summed sizes of the postings the query probed."""
+    bytes_read: np.ndarray = field(default_factory=_no_queries)
+    """Stored bytes of the postings the query probed plus those of the full vectors it
+    reranked (shared reads counted for each query, see above)."""
+    reranked: np.ndarray = field(default_factory=_no_queries)
+    """Full vectors scored exactly for the query."""
+
+    def __len__(self) -> int:
+        return len(self.postings_probed)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QueryStats):
+            return NotImplemented
+        return all(np.array_equal(a, b) for a, b in zip(_arrays(self), _arrays(other)))
+
+    __hash__ = None  # type: ignore[assignment]  # holds mutable arrays
+
+
+def _arrays(per_query: QueryStats) -> list[np.ndarray]:
+    return [getattr(per_query, f.name) for f in fields(QueryStats)]
+
+
 @dataclass(frozen=True)
 class SearchStats:
-    """What one search call did: the figures to tune ``max_postings``/``eps2`` with."""
+    """What one search call did: the figures to tune ``max_postings``/``eps2`` with.
+
+    The integer figures are totals over the call's queries; ``per_query`` has them query by
+    query, in the order of the queries.
+    """
 
     queries: int = 0
     postings_probed: int = 0
@@ -47,21 +90,33 @@ class SearchStats:
     """Full vectors scored exactly, summed over queries."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time per stage: route, fetch, scan, rerank."""
+    per_query: QueryStats = field(default_factory=QueryStats)
+    """The figures of each query (``queries`` of them): see :class:`QueryStats`."""
 
     def __add__(self, other: SearchStats) -> SearchStats:
-        seconds = dict(self.seconds)
-        for key, value in other.seconds.items():
+        """The figures of both calls' queries, those of ``self`` first (per_query too)."""
+        return _merged([self, other])
+
+
+def _merged(parts: list[SearchStats]) -> SearchStats:
+    """The figures of all parts' queries, in order: totals summed, per-query figures
+    concatenated once (adding parts one by one would copy the arrays once per part)."""
+    seconds: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.seconds.items():
             seconds[key] = seconds.get(key, 0.0) + value
-        return SearchStats(
-            queries=self.queries + other.queries,
-            postings_probed=self.postings_probed + other.postings_probed,
-            postings_pruned=self.postings_pruned + other.postings_pruned,
-            postings_fetched=self.postings_fetched + other.postings_fetched,
-            bytes_read=self.bytes_read + other.bytes_read,
-            candidates_scored=self.candidates_scored + other.candidates_scored,
-            reranked=self.reranked + other.reranked,
-            seconds=seconds,
-        )
+    return SearchStats(
+        queries=sum(p.queries for p in parts),
+        postings_probed=sum(p.postings_probed for p in parts),
+        postings_pruned=sum(p.postings_pruned for p in parts),
+        postings_fetched=sum(p.postings_fetched for p in parts),
+        bytes_read=sum(p.bytes_read for p in parts),
+        candidates_scored=sum(p.candidates_scored for p in parts),
+        reranked=sum(p.reranked for p in parts),
+        seconds=seconds,
+        per_query=QueryStats(*(np.concatenate(figure) for figure in
+                               zip(*(_arrays(p.per_query) for p in parts)))),
+    )
 
 
 @dataclass(frozen=True)
@@ -132,21 +187,22 @@ def search(
     t0 = time.perf_counter()
     queries = view.basis.apply(queries)
     pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
-    route_seconds = time.perf_counter() - t0
-    stats = SearchStats(
-        queries=q,
-        postings_probed=int((pids >= 0).sum()),
-        postings_pruned=int(min(params.max_postings, view.router.size) * q - (pids >= 0).sum()),
-        seconds={"route": route_seconds},
-    )
+    parts = [SearchStats(seconds={"route": time.perf_counter() - t0})]
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
-    for rows in _chunks_by_postings(pids, budget, view.router.size):
+    chunks = _chunks_by_postings(pids, budget, view.router.size)
+    for rows in chunks:
         chunk_ids, chunk_dist, chunk_stats = _search_chunk(
             view, queries[rows], pids[rows], k, params, d_rerank
         )
         ids[rows] = chunk_ids
         distances[rows] = chunk_dist
-        stats = stats + chunk_stats
+        parts.append(chunk_stats)
+    stats = _merged(parts)
+    # the chunks hold the queries in posting order: put each query's figures on its row
+    order = np.concatenate(chunks)
+    row_of = np.empty_like(order)
+    row_of[order] = np.arange(len(order))
+    stats = replace(stats, per_query=QueryStats(*(a[row_of] for a in _arrays(stats.per_query))))
     _heap_churn.add(stats.bytes_read)
     return ids, distances, stats
 
@@ -214,7 +270,7 @@ def _search_chunk(
     code_size = view.codec.code_size
     lists = [decode_posting(b, code_size) if b else _EMPTY_LIST for b in blobs]
     sizes = np.array([len(ids) for ids, _ in lists], dtype=np.int64)
-    posting_bytes = sum(len(b) for b in blobs if b)
+    stored = np.array([len(b) if b else 0 for b in blobs], dtype=np.int64)
     t2 = time.perf_counter()
     seconds["fetch"] = t2 - t1
 
@@ -235,12 +291,29 @@ def _search_chunk(
     out_ids, out_dist, vector_bytes, reranked = _rerank(view, queries, cand, k, d_rerank)
     seconds["rerank"] = time.perf_counter() - t3
 
-    stats = SearchStats(
-        postings_fetched=len(unique),
-        bytes_read=posting_bytes + vector_bytes,
-        candidates_scored=int(sizes[local].sum()),
+    # per query: what each probed posting held and weighed, summed along the query's row
+    probed_q = probed.sum(1)
+    candidates_q = np.zeros(pids.shape, dtype=np.int64)
+    candidates_q[probed] = sizes[local]
+    bytes_q = np.zeros(pids.shape, dtype=np.int64)
+    bytes_q[probed] = stored[local]
+    per_query = QueryStats(
+        postings_probed=probed_q.astype(np.int64, copy=False),
+        candidates_scored=candidates_q.sum(1),
+        bytes_read=bytes_q.sum(1) + reranked * (4 * view.dim),
         reranked=reranked,
+    )
+    postings_probed = int(probed_q.sum())
+    stats = SearchStats(
+        queries=len(pids),
+        postings_probed=postings_probed,
+        postings_pruned=min(params.max_postings, view.router.size) * len(pids) - postings_probed,
+        postings_fetched=len(unique),
+        bytes_read=int(stored.sum()) + vector_bytes,
+        candidates_scored=int(sizes[local].sum()),
+        reranked=int(reranked.sum()),
         seconds=seconds,
+        per_query=per_query,
     )
     return out_ids, out_dist, stats
 
@@ -268,14 +341,15 @@ def _first_unique(cand: np.ndarray, depth: int) -> np.ndarray:
 
 def _rerank(
     view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int, d_rerank: int
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Top-k among candidates [q, r] (-1 = none) by distance on the first ``d_rerank`` dims
-    of their full vectors (exact when that is all); (ids, distances, bytes, reranked)."""
+    of their full vectors (exact when that is all); (ids, distances, bytes read, vectors
+    reranked per query int64 [q])."""
     valid = cand >= 0
     if not valid.any():
         worst = np.inf if view.metric == "l2" else -np.inf
         return (np.full((len(cand), k), -1, np.int64), np.full((len(cand), k), worst, np.float32),
-                0, 0)
+                0, np.zeros(len(cand), dtype=np.int64))
     unique, inverse = np.unique(cand[valid], return_inverse=True)
     blobs = view.storage.get_vectors(unique)
     if blobs.count(None) == 0:  # the common case: one C-level join, no per-candidate loop
@@ -309,7 +383,7 @@ def _rerank(
         worst = np.inf if view.metric == "l2" else -np.inf
         top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
         top_dist = np.pad(top_dist, ((0, 0), (0, pad)), constant_values=worst)
-    return top_ids, top_dist, nbytes, int(alive.sum())
+    return top_ids, top_dist, nbytes, alive.sum(1).astype(np.int64)
 
 
 def _exact_scores(

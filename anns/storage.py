@@ -55,7 +55,9 @@ READABLE_FORMATS = (1, 2)
 
 POSTINGS, VECTORS, RECORDS, META = "postings", "vectors", "records", "meta"
 _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
-_MARKER = "ANNS_COLLECTION"  # a small file naming the format, checked before RocksDB opens
+#: The small file naming the format that makes a directory a collection, checked before
+#: RocksDB opens (the server also lists collections by it).
+COLLECTION_MARKER = "ANNS_COLLECTION"
 
 TOMBSTONE = 1
 #: Memory all memtables of one collection may hold before RocksDB flushes them.
@@ -166,12 +168,12 @@ class Storage:
     def create(cls, path: str | os.PathLike[str], config: StorageConfig) -> Storage:
         """Create an empty collection directory; refuses a directory that holds one already."""
         p = Path(path)
-        if (p / _MARKER).exists():
+        if (p / COLLECTION_MARKER).exists():
             raise CollectionExistsError(f"a collection already exists at {p}")
         if p.exists() and any(p.iterdir()):
             raise CollectionExistsError(f"{p} exists and is not empty; refusing to use it")
         p.mkdir(parents=True, exist_ok=True)
-        (p / _MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION}) + "\n")
+        (p / COLLECTION_MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION}) + "\n")
         storage = cls(p, cls._open_db(p, config, create=True), config)
         batch = storage.batch()
         batch.put_meta("format_version", str(FORMAT_VERSION).encode())
@@ -184,9 +186,11 @@ class Storage:
         p = Path(path)
         if not p.is_dir():
             raise CollectionNotFoundError(f"no collection at {p}: directory does not exist")
-        marker = p / _MARKER
+        marker = p / COLLECTION_MARKER
         if not marker.is_file():
-            raise CollectionNotFoundError(f"no collection at {p}: {_MARKER} file is missing")
+            raise CollectionNotFoundError(
+                f"no collection at {p}: {COLLECTION_MARKER} file is missing"
+            )
         try:
             found = int(json.loads(marker.read_text())["format_version"])
         except (ValueError, KeyError, TypeError) as e:
@@ -260,7 +264,7 @@ class Storage:
     def destroy(path: str | os.PathLike[str]) -> None:
         """Delete a collection directory (only one that carries the collection marker)."""
         p = Path(path)
-        if not (p / _MARKER).is_file():
+        if not (p / COLLECTION_MARKER).is_file():
             raise CollectionNotFoundError(f"no collection at {p}")
         shutil.rmtree(p)
 

@@ -15,7 +15,7 @@ import numpy as np
 from anns.config import IndexConfig, SearchParams, validated
 from anns.errors import InvalidArgumentError, NotFoundError
 from anns.index import Collection
-from anns.search import SearchStats
+from anns.search import QueryStats, SearchStats
 from anns_proto.anns.v1 import anns_pb2 as pb
 
 #: Library value <-> proto enum, per enum-valued config field.
@@ -104,21 +104,43 @@ def from_proto_params(msg: pb.SearchParams) -> dict[str, Any]:
     return knobs
 
 
+#: Wire dtype of each per-query figure: counts bounded by a collection's postings or by a
+#: query's rerank depth fit 32 bits; candidates and bytes grow with the collection.
+_PER_QUERY_DTYPES = {"postings_probed": "<u4", "candidates_scored": "<u8", "bytes_read": "<u8",
+                     "reranked": "<u4"}
+#: Bytes the per-query figures add to a search response, per query.
+PER_QUERY_STATS_BYTES = sum(np.dtype(dtype).itemsize for dtype in _PER_QUERY_DTYPES.values())
+
+
 def to_proto_stats(stats: SearchStats) -> pb.SearchStats:
+    per_query = stats.per_query
     return pb.SearchStats(
         queries=stats.queries, postings_probed=stats.postings_probed,
         postings_pruned=stats.postings_pruned, postings_fetched=stats.postings_fetched,
         bytes_read=stats.bytes_read, candidates_scored=stats.candidates_scored,
         reranked=stats.reranked, seconds=stats.seconds,
+        per_query=pb.QueryStats(**{
+            name: np.ascontiguousarray(getattr(per_query, name), dtype=dtype).tobytes()
+            for name, dtype in _PER_QUERY_DTYPES.items()}),
     )
 
 
 def from_proto_stats(msg: pb.SearchStats) -> SearchStats:
+    per_query: dict[str, np.ndarray] = {}
+    for name, dtype in _PER_QUERY_DTYPES.items():
+        data = getattr(msg.per_query, name)
+        size = np.dtype(dtype).itemsize
+        if len(data) != size * msg.queries:
+            raise InvalidArgumentError(
+                f"stats.per_query.{name} holds {len(data)} bytes, not {msg.queries} "
+                f"{np.dtype(dtype).name} values (one per query)"
+            )
+        per_query[name] = np.frombuffer(data, dtype=dtype).astype(np.int64)
     return SearchStats(
         queries=msg.queries, postings_probed=msg.postings_probed,
         postings_pruned=msg.postings_pruned, postings_fetched=msg.postings_fetched,
         bytes_read=msg.bytes_read, candidates_scored=msg.candidates_scored,
-        reranked=msg.reranked, seconds=dict(msg.seconds),
+        reranked=msg.reranked, seconds=dict(msg.seconds), per_query=QueryStats(**per_query),
     )
 
 

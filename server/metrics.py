@@ -3,9 +3,14 @@ process, as in the tests), served over HTTP on a port of their own."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.metrics_core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from anns.search import SearchStats
 
@@ -18,7 +23,7 @@ _BYTES_BUCKETS = tuple(float(1 << s) for s in range(10, 28, 2))  # 1 KiB .. 128 
 
 
 class Metrics:
-    """Requests, errors by status code and latency per RPC; read figures per search."""
+    """Requests, errors by status code and latency per RPC; read figures per query."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -30,20 +35,20 @@ class Metrics:
         self.latency = Histogram("anns_grpc_request_seconds", "Wall time of a call, by RPC.",
                                  ["rpc"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queries = Counter("anns_search_queries", "Queries searched.", registry=r)
-        self.postings_probed = Histogram(
-            "anns_search_postings_probed", "Postings probed per query, one sample per search "
-            "call (the call's mean).", buckets=_POSTING_BUCKETS, registry=r)
-        self.bytes_read = Histogram(
-            "anns_search_bytes_read", "Bytes read from storage per search call.",
-            buckets=_BYTES_BUCKETS, registry=r)
+        self.postings_probed = BatchHistogram(
+            "anns_search_postings_probed", "Postings probed per query, one sample per query.",
+            _POSTING_BUCKETS, r)
+        self.bytes_read = BatchHistogram(
+            "anns_search_bytes_read", "Bytes read from storage per query, one sample per query "
+            "(a posting or vector several queries of a call read once counts for each).",
+            _BYTES_BUCKETS, r)
         self.written = Counter("anns_vectors_written", "Vectors durably written.", registry=r)
         self._http: Any = None
 
     def observe_search(self, stats: SearchStats) -> None:
         self.queries.inc(stats.queries)
-        if stats.queries:
-            self.postings_probed.observe(stats.postings_probed / stats.queries)
-        self.bytes_read.observe(stats.bytes_read)
+        self.postings_probed.observe(stats.per_query.postings_probed)
+        self.bytes_read.observe(stats.per_query.bytes_read)
 
     def serve(self, host: str, port: int) -> int:
         """Start the HTTP endpoint; returns its port."""
@@ -55,3 +60,40 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class BatchHistogram:
+    """A Prometheus histogram observed a whole array at a time: one bucket count in numpy per
+    call, where ``Histogram.observe`` would be a Python call (and a lock) per query."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self._bounds = np.array([*buckets, np.inf])
+        # the "le" labels exactly as prometheus_client's own Histogram writes them
+        go_float: Callable[[float], str] = floatToGoString
+        self._labels = [go_float(b) for b in self._bounds]
+        self._counts = np.zeros(len(self._bounds), dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, values: np.ndarray) -> None:
+        """Add one sample per value."""
+        # bucket i counts the values v with bounds[i-1] < v <= bounds[i] (Prometheus' "le")
+        counts = np.bincount(np.searchsorted(self._bounds, values, side="left"),
+                             minlength=len(self._bounds))
+        total = float(np.sum(values))
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts), self._sum
+        yield HistogramMetricFamily(
+            self.name, self.documentation, sum_value=total,
+            buckets=[(le, int(c)) for le, c in zip(self._labels, cumulative)])

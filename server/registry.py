@@ -24,8 +24,7 @@ from anns.errors import (
     InvalidArgumentError,
 )
 from anns.index import Collection
-from anns.storage import _MARKER as COLLECTION_MARKER  # the file that makes a directory one
-from anns.storage import Storage
+from anns.storage import COLLECTION_MARKER, Storage
 from server.errors import CollectionOpeningError
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from anns_proto.anns.v1 import anns_pb2 as pb
 from anns_proto.anns.v1 import anns_pb2_grpc as rpc
 from server.config import ServerConfig
 from server.convert import (
+    PER_QUERY_STATS_BYTES,
     check_model,
     from_proto_config,
     from_proto_ids,
@@ -52,17 +53,20 @@ class Limits:
                 f"{self.config.max_batch} (max_batch, see GetServerInfo)"
             )
 
-    def search(self, q: int, k: int, dim: int, with_vectors: bool) -> None:
+    def search(self, q: int, k: int, dim: int, with_vectors: bool, with_stats: bool) -> None:
         self.rows(q, "queries")
         if k > self.config.max_k:
             raise RequestLimitError(f"k {k} is over this server's limit of {self.config.max_k} "
                                     f"(max_k, see GetServerInfo)")
-        # ids (8 B) and distances (4 B) per result, the vectors if asked, framing slack
-        size = q * k * (12 + (4 * dim if with_vectors else 0)) + 4096
+        # ids (8 B) and distances (4 B) per result, the vectors if asked, the per-query
+        # figures if asked, framing slack
+        size = (q * k * (12 + (4 * dim if with_vectors else 0))
+                + (q * PER_QUERY_STATS_BYTES if with_stats else 0) + 4096)
         if size > self.config.max_message_bytes:
             raise RequestLimitError(
                 f"the response to {q} queries with k={k}"
-                f"{' and their vectors' if with_vectors else ''} would be about {size} bytes, "
+                f"{' and their vectors' if with_vectors else ''}"
+                f"{' and per-query stats' if with_stats else ''} would be about {size} bytes, "
                 f"over this server's limit of {self.config.max_message_bytes} bytes "
                 f"(max_message_bytes, see GetServerInfo); send fewer queries per call"
             )
@@ -178,7 +182,8 @@ class SearchService(rpc.SearchServicer):
         knobs = from_proto_params(request.params)
         with self.registry.use(request.collection) as coll:
             check_model(request.model, request.collection)
-            self.limits.search(len(queries), request.k, coll.dim, request.return_vectors)
+            self.limits.search(len(queries), request.k, coll.dim, request.return_vectors,
+                               request.return_stats)
             result = coll.search(queries, request.k, return_stats=True, **knobs)
             vectors = _result_vectors(coll, result.ids) if request.return_vectors else None
         stats = result.stats

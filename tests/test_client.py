@@ -65,12 +65,13 @@ def test_import_anns_does_not_import_grpc() -> None:
 
 
 def test_same_results_as_the_embedded_library(
-    tmp_path: Path, client: anns.Client, data: tuple[np.ndarray, np.ndarray]
+    tmp_path: Path, server: RunningServer, client: anns.Client,
+    data: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """Congruence: the same writes and searches through the library and through gRPC give
-    identical ids and distances."""
-    base, queries = data
-    queries = queries[:200]
+    identical ids, distances and figures."""
+    base, all_queries = data
+    queries = all_queries[:200]
     remote = client.create_collection("twin", {"dim": 16, **CONFIG})
     local = anns.Collection.create(tmp_path / "twin", anns.IndexConfig(dim=16, **CONFIG))
     try:
@@ -89,6 +90,17 @@ def test_same_results_as_the_embedded_library(
             np.testing.assert_array_equal(got.distances, want.distances)
             assert got.stats is not None and want.stats is not None
             assert got.stats.postings_probed == want.stats.postings_probed
+            assert got.stats.bytes_read == want.stats.bytes_read
+            assert got.stats.per_query == want.stats.per_query
+        # a batch the client splits into several calls: per-query figures stay on their rows
+        calls_before = calls(server, "Search.Search")
+        want = local.search(all_queries, 10, return_stats=True, max_postings=2, eps2=0.5)
+        got = remote.search(all_queries, 10, return_stats=True, max_postings=2, eps2=0.5)
+        assert calls(server, "Search.Search") - calls_before >= 2
+        assert got.stats is not None and want.stats is not None
+        assert got.stats.queries == want.stats.queries == len(all_queries)
+        assert got.stats.per_query == want.stats.per_query
+        assert got.stats.per_query.postings_probed.sum() == got.stats.postings_probed
         params = anns.SearchParams(max_postings=3)
         np.testing.assert_array_equal(remote.search(queries, 5, params).ids,
                                       local.search(queries, 5, params).ids)

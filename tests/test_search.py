@@ -174,6 +174,99 @@ def test_eps2_prunes_monotonically(built_small: Path, small: tuple[np.ndarray, n
     assert probed == sorted(probed) and probed[0] < probed[-1]
 
 
+
+def assert_per_query_sums_to_totals(stats: anns.SearchStats) -> None:
+    per = stats.per_query
+    assert len(per) == stats.queries
+    for name in ("postings_probed", "candidates_scored", "bytes_read", "reranked"):
+        values = getattr(per, name)
+        assert values.shape == (stats.queries,) and values.dtype == np.int64, name
+        assert (values >= 0).all(), name
+    assert per.postings_probed.sum() == stats.postings_probed
+    assert per.candidates_scored.sum() == stats.candidates_scored
+    assert per.reranked.sum() == stats.reranked
+    # a posting or vector several queries share is read once but counted for each of them
+    assert per.bytes_read.sum() >= stats.bytes_read
+
+
+def test_per_query_figures_sum_to_the_totals(
+    built_small: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, queries = small
+    with anns.Collection.open(built_small) as coll:
+        for params in (SearchParams(max_postings=4, eps2=0.0), SearchParams(),
+                       exhaustive(600, 10)):
+            stats = coll.search(queries, 10, params, return_stats=True).stats
+            assert stats is not None
+            assert_per_query_sums_to_totals(stats)
+            assert (stats.per_query.postings_probed >= 1).all()
+            assert (stats.per_query.postings_probed <= params.max_postings).all()
+
+
+def test_a_query_probing_more_postings_reports_more(
+    built_small: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    _, queries = small
+    with anns.Collection.open(built_small) as coll:
+        postings = coll.info()["postings"]
+        narrow = coll.search(queries, 10, max_postings=1, eps2=0.0, return_stats=True).stats
+        wide = coll.search(queries, 10, exhaustive(600, 10), return_stats=True).stats
+    assert narrow is not None and wide is not None
+    assert (narrow.per_query.postings_probed == 1).all()
+    assert (wide.per_query.postings_probed == postings).all()
+    assert (wide.per_query.candidates_scored >= 600).all(), "every entry, replicas included"
+    assert (wide.per_query.reranked == 600).all()
+    for name in ("candidates_scored", "bytes_read", "reranked"):
+        assert (getattr(wide.per_query, name) > getattr(narrow.per_query, name)).all(), name
+
+
+@pytest.mark.parametrize("fetch_budget_mb", [1024.0, 0.002, 1e-9])
+def test_per_query_figures_land_on_their_rows_whatever_the_chunks(
+    built_small: Path, small: tuple[np.ndarray, np.ndarray], fetch_budget_mb: float
+) -> None:
+    # chunks group queries by their nearest posting, not in row order: each row must still
+    # carry the figures of its own query, the same as that query searched alone
+    _, queries = small
+    want = anns.SearchStats()
+    with anns.Collection.open(built_small) as coll:
+        stats = coll.search(queries, 10, fetch_budget_mb=fetch_budget_mb,
+                            return_stats=True).stats
+        whole = coll.search(queries, 10, return_stats=True).stats
+        for query in queries:
+            one = coll.search(query, 10, return_stats=True).stats
+            assert one is not None
+            want = want + one
+    assert stats is not None and whole is not None
+    assert_per_query_sums_to_totals(stats)
+    assert stats.per_query == want.per_query
+    assert stats.postings_probed == want.postings_probed
+    if fetch_budget_mb < 1:
+        # several chunks: postings shared across them are read again
+        assert stats.postings_fetched > whole.postings_fetched
+    if fetch_budget_mb == 1e-9:  # one query per chunk: nothing is shared, bytes add up
+        assert stats.per_query.bytes_read.sum() == stats.bytes_read
+
+
+def test_adding_stats_puts_the_queries_of_the_left_first() -> None:
+    def stats(probed: list[int], fetched: int, seconds: float) -> anns.SearchStats:
+        per = np.array(probed, dtype=np.int64)
+        return anns.SearchStats(
+            queries=len(probed), postings_probed=int(per.sum()), postings_fetched=fetched,
+            bytes_read=int(100 * per.sum()), candidates_scored=int(10 * per.sum()),
+            reranked=5 * len(probed), seconds={"scan": seconds},
+            per_query=anns.QueryStats(per, 10 * per, 100 * per, np.full(len(per), 5)),
+        )
+
+    left, right = stats([1, 2], 3, 0.5), stats([7], 2, 0.25)
+    both = left + right
+    assert (both.queries, both.postings_probed, both.postings_fetched) == (3, 10, 5)
+    assert both.seconds == {"scan": 0.75}
+    assert both.per_query == anns.QueryStats(
+        np.array([1, 2, 7]), np.array([10, 20, 70]), np.array([100, 200, 700]),
+        np.array([5, 5, 5]))
+    assert (anns.SearchStats() + left).per_query == left.per_query
+    assert both.per_query != left.per_query
+
 # --------------------------------------------------------------------- bad knobs
 @pytest.mark.parametrize(
     ("knobs", "named"),

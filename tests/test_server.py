@@ -25,6 +25,7 @@ from anns_proto.anns.v1 import anns_pb2 as pb
 from anns_proto.anns.v1 import anns_pb2_grpc as rpc
 from server import RunningServer, ServerConfig, build_server
 from server.app import SERVICES
+from server.servicers import Limits
 
 LIMIT = 256 << 10  # max_message_bytes of the test server: small, so limits are cheap to hit
 MAX_BATCH = 5000
@@ -96,7 +97,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, np.nd
 @pytest.fixture(scope="module")
 def expected(root: Path, data: tuple[np.ndarray, np.ndarray]) -> anns.SearchResult:
     with anns.Collection.open(root / "base", anns.StorageConfig(read_only=True)) as coll:
-        return coll.search(data[1], 10)
+        return coll.search(data[1], 10, return_stats=True)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,15 @@ def test_search_returns_what_the_library_returns(
     assert resp.stats.queries == len(queries)
     assert resp.stats.postings_probed > 0 and resp.stats.bytes_read > 0
     assert resp.stats.candidates_scored > 0 and set(resp.stats.seconds) >= {"route", "rerank"}
+    # per-query figures: packed arrays in query order, the library's own
+    assert expected.stats is not None
+    per_query = resp.stats.per_query
+    for name, dtype in (("postings_probed", "<u4"), ("candidates_scored", "<u8"),
+                        ("bytes_read", "<u8"), ("reranked", "<u4")):
+        got_figures = np.frombuffer(getattr(per_query, name), dtype=dtype)
+        np.testing.assert_array_equal(got_figures, getattr(expected.stats.per_query, name))
+    assert np.frombuffer(per_query.postings_probed, "<u4").sum() == resp.stats.postings_probed
+    assert np.frombuffer(per_query.reranked, "<u4").sum() == resp.stats.reranked
 
 
 def test_search_knobs_and_profile(stubs: Stubs, data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -305,6 +315,15 @@ def test_message_near_the_limit_passes_and_over_it_names_the_limit(
         grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_response_limit_counts_the_per_query_figures(tmp_path: Path) -> None:
+    # 24 bytes of figures per query: a response that fits without them may not with them
+    limits = Limits(ServerConfig(root=tmp_path, max_message_bytes=LIMIT, max_batch=1 << 20))
+    q = (LIMIT - 4096) // 12 - 10  # k=1: 12 bytes of ids and distances per query
+    limits.search(q, 1, 16, with_vectors=False, with_stats=False)
+    with pytest.raises(anns.LimitExceededError, match=f"per-query stats .* {LIMIT} bytes"):
+        limits.search(q, 1, 16, with_vectors=False, with_stats=True)
+
+
 def test_unavailable_while_a_collection_opens(tmp_path: Path, root: Path) -> None:
     release = threading.Event()
 
@@ -381,7 +400,18 @@ def test_health_and_reflection(stubs: Stubs) -> None:
 
 def test_metrics_endpoint(running: RunningServer, stubs: Stubs,
                           data: tuple[np.ndarray, np.ndarray]) -> None:
-    stubs.search.Search(pb.SearchRequest(collection="base", queries=vecs(data[1]), k=5))
+    def sample(name: str) -> float:
+        return running.metrics.registry.get_sample_value(name) or 0.0
+
+    before = {name: sample(name) for name in ("anns_search_postings_probed_count",
+                                              "anns_search_postings_probed_sum")}
+    resp = stubs.search.Search(pb.SearchRequest(collection="base", queries=vecs(data[1]), k=5,
+                                                return_stats=True))
+    # one sample per query, of that query's figure
+    assert sample("anns_search_postings_probed_count") == (
+        before["anns_search_postings_probed_count"] + len(data[1]))
+    assert sample("anns_search_postings_probed_sum") == (
+        before["anns_search_postings_probed_sum"] + resp.stats.postings_probed)
     status_of(lambda: stubs.collections.GetCollection(pb.GetCollectionRequest(name="nope")))
     assert running.metrics_port
     text = urllib.request.urlopen(

@@ -255,7 +255,7 @@ class SearchRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[VectorBatch, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., return_vectors: _Optional[bool] = ..., return_stats: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchStats(_message.Message):
-    __slots__ = ("queries", "postings_probed", "postings_pruned", "postings_fetched", "bytes_read", "candidates_scored", "reranked", "seconds")
+    __slots__ = ("queries", "postings_probed", "postings_pruned", "postings_fetched", "bytes_read", "candidates_scored", "reranked", "seconds", "per_query")
     class SecondsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +271,7 @@ class SearchStats(_message.Message):
     CANDIDATES_SCORED_FIELD_NUMBER: _ClassVar[int]
     RERANKED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PER_QUERY_FIELD_NUMBER: _ClassVar[int]
     queries: int
     postings_probed: int
     postings_pruned: int
@@ -279,7 +280,20 @@ class SearchStats(_message.Message):
     candidates_scored: int
     reranked: int
     seconds: _containers.ScalarMap[str, float]
-    def __init__(self, queries: _Optional[int] = ..., postings_probed: _Optional[int] = ..., postings_pruned: _Optional[int] = ..., postings_fetched: _Optional[int] = ..., bytes_read: _Optional[int] = ..., candidates_scored: _Optional[int] = ..., reranked: _Optional[int] = ..., seconds: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    per_query: QueryStats
+    def __init__(self, queries: _Optional[int] = ..., postings_probed: _Optional[int] = ..., postings_pruned: _Optional[int] = ..., postings_fetched: _Optional[int] = ..., bytes_read: _Optional[int] = ..., candidates_scored: _Optional[int] = ..., reranked: _Optional[int] = ..., seconds: _Optional[_Mapping[str, float]] = ..., per_query: _Optional[_Union[QueryStats, _Mapping]] = ...) -> None: ...
+
+class QueryStats(_message.Message):
+    __slots__ = ("postings_probed", "candidates_scored", "bytes_read", "reranked")
+    POSTINGS_PROBED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_SCORED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    RERANKED_FIELD_NUMBER: _ClassVar[int]
+    postings_probed: bytes
+    candidates_scored: bytes
+    bytes_read: bytes
+    reranked: bytes
+    def __init__(self, postings_probed: _Optional[bytes] = ..., candidates_scored: _Optional[bytes] = ..., bytes_read: _Optional[bytes] = ..., reranked: _Optional[bytes] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("num_queries", "k", "ids", "distances", "vectors", "stats")
