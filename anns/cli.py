@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="batch search a collection (local, or with --server)")
     p.add_argument("dir", type=Path, metavar="DIR|NAME")
     p.add_argument("--queries", required=True, type=Path)
+    p.add_argument("--model", help="model version that embedded the queries (default: current)")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--out", type=Path, help="write int64 [q, k] ids here (.npy)")
     p.add_argument("--truth", type=Path, help="gt.npy: also report recall@k")
@@ -105,6 +106,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--d-scan", default=None, metavar="D1,D2,...",
                    help="scan prefixes to try too: each re-encodes the postings at the same "
                         "code size; the collection keeps the fastest's codes")
+
+    p = sub.add_parser("model", help="register, switch or retire embedding model versions")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    m = msub.add_parser("add", help="register a new model version from paired embeddings")
+    m.add_argument("dir", type=Path)
+    m.add_argument("--name", required=True)
+    m.add_argument("--old", required=True, type=Path, help="pairs embedded by the base model")
+    m.add_argument("--new", required=True, type=Path, help="the same items, new model")
+    m.add_argument("--dry-run", action="store_true", help="fit and report; change nothing")
+    m.add_argument("--force", action="store_true", help="register though the gate refuses")
+    m.add_argument("--no-current", action="store_true",
+                   help="register without making it the version writes and queries default to")
+    m = msub.add_parser("current", help="make a model version current")
+    m.add_argument("dir", type=Path)
+    m.add_argument("name")
+    m = msub.add_parser("retire", help="retire a model version no stored vector uses")
+    m.add_argument("dir", type=Path)
+    m.add_argument("name")
+
+    p = sub.add_parser("backfill", help="re-store items under a model version (resumable)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--model", required=True)
+    p.add_argument("--vectors", required=True, type=Path, help=".npy or .fvecs (memory-mapped)")
+    p.add_argument("--ids", required=True, type=Path, help=".npy of int64 ids")
+    p.add_argument("--batch-rows", type=int, help="vectors per atomic batch (and checkpoint)")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("info", help="a collection's config and figures as JSON")
     p.add_argument("dir", type=Path, metavar="DIR|NAME")
@@ -193,13 +220,15 @@ def _cmd_search(args: argparse.Namespace) -> None:
         with _client(args) as client:
             remote = client.collection(str(args.dir))
             t0 = time.perf_counter()
+            if args.model:
+                knobs["model"] = args.model
             result = remote.search(queries, args.k, return_stats=True, **knobs)
             seconds = time.perf_counter() - t0
     else:
         with Collection.open(args.dir, _storage_config(args, read_only=True)) as coll:
             t0 = time.perf_counter()
             # knobs override the collection's tuned default profile, if it has one
-            result = coll.search(queries, args.k, return_stats=True, **knobs)
+            result = coll.search(queries, args.k, return_stats=True, model=args.model, **knobs)
             seconds = time.perf_counter() - t0
     if args.out:
         np.save(args.out, result.ids)
@@ -250,6 +279,31 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     out["stored"] = not args.dry_run
     print(json.dumps(out["profile"] | {"stored": out["stored"], "points": len(report.curve),
                                         "seconds": out["seconds"]}))
+
+
+def _cmd_model(args: argparse.Namespace) -> None:
+    with Collection.open(args.dir) as coll:
+        if args.model_command == "add":
+            report = coll.add_model(
+                args.name, np.asarray(open_matrix(args.old)), np.asarray(open_matrix(args.new)),
+                force=args.force, dry_run=args.dry_run, current=not args.no_current)
+            print(json.dumps({"dry_run": args.dry_run, **report.to_dict()}))
+            return
+        if args.model_command == "current":
+            coll.set_current(args.name)
+        else:
+            coll.retire(args.name)
+        print(json.dumps(coll.models()))
+
+
+def _cmd_backfill(args: argparse.Namespace) -> None:
+    from anns.formats import open_ids
+
+    x, ids = open_matrix(args.vectors), open_ids(args.ids)
+    with Collection.open(args.dir) as coll:
+        report = coll.backfill(args.model, x, ids, batch_rows=args.batch_rows,
+                               progress=False if args.no_progress else None)
+        print(json.dumps({**report.to_dict(), "models": coll.models()["versions"]}))
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -341,7 +395,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 _COMMANDS = {
     "build": _cmd_build, "search": _cmd_search, "tune": _cmd_tune, "info": _cmd_info,
-    "bench": _cmd_bench, "serve": _cmd_serve, "ingest": _cmd_ingest,
+    "bench": _cmd_bench, "serve": _cmd_serve, "ingest": _cmd_ingest, "model": _cmd_model,
+    "backfill": _cmd_backfill,
 }
 
 

@@ -62,6 +62,7 @@ from anns.config import Metric
 from anns.errors import (
     CorruptCollectionError,
     DTypeError,
+    IncompatibleModelError,
     InvalidArgumentError,
     LimitExceededError,
     NonFiniteError,
@@ -229,7 +230,7 @@ def fit_model_transform(
 
     Raises LimitExceededError (fewer than MIN_PAIRS pairs), InvalidArgumentError (row counts
     differ, not 2-D), DTypeError, NonFiniteError before fitting; with ``check``, the gate's
-    errors after it.
+    errors after it (IncompatibleModelError).
     """
     old = _prepare(old_pairs, metric, "old")
     new = _prepare(new_pairs, metric, "new")
@@ -273,17 +274,15 @@ def fit_model_transform(
 
 
 def check_gate(report: CompatReport, *, force: bool = False) -> None:
-    """Raise when the report's fit must not be activated (unless ``force``): too few pairs
-    for its dims (LimitExceededError) or held-out new/old below old/old
-    (InvalidArgumentError). Messages carry the reasons and the figures."""
+    """Raise IncompatibleModelError when the report's fit must not be activated (unless
+    ``force``): too few pairs for its dims, held-out new/old below old/old, or new/old near
+    chance. The message carries the reasons and the figures."""
     reasons = _refusals(report)
     if not reasons or force:
         return
     message = (f"model transform refused: {'; '.join(reasons)}. {report.summary()}. "
                f"Register anyway with force (--force).")
-    if reasons[0].startswith("too few"):
-        raise LimitExceededError(message)
-    raise InvalidArgumentError(message)
+    raise IncompatibleModelError(message)
 
 
 def fit_procrustes(old: np.ndarray, new: np.ndarray, metric: Metric) -> ModelTransform:

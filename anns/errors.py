@@ -11,7 +11,8 @@ gRPC status code the server maps it to::
     │   ├── DTypeError (also TypeError)          not a float array / not integer ids
     │   ├── DuplicateIdsError                    the same id twice in one batch
     │   ├── LimitExceededError                   k or a batch beyond a documented limit
-    │   └── InputFormatError                     a file that is not what its extension says
+    │   ├── InputFormatError                     a file that is not what its extension says
+    │   └── IncompatibleModelError               a model version the quality gate refuses
     ├── NotFoundError (KeyError)                 NOT_FOUND
     │   └── CollectionNotFoundError              no collection at that path
     ├── AlreadyExistsError                       ALREADY_EXISTS
@@ -62,6 +63,11 @@ class LimitExceededError(InvalidArgumentError):
 
 class InputFormatError(InvalidArgumentError):
     """An input file is not what its extension says (not .npy, truncated .fvecs, ...)."""
+
+
+class IncompatibleModelError(InvalidArgumentError):
+    """A new model version whose fit the compatibility gate refuses (the message carries the
+    reasons and the figures; ``force`` registers it anyway)."""
 
 
 class NotFoundError(AnnsError, KeyError):

@@ -21,28 +21,37 @@ from typing import Any
 import numpy as np
 
 from anns.basis import Basis, fit_basis
+from anns.compat import CompatReport, fit_model_transform
 from anns.config import IndexConfig, SearchParams, StorageConfig, validated
 from anns.errors import (
+    AlreadyExistsError,
     CollectionClosedError,
     CorruptCollectionError,
     EmptyCollectionError,
     FailedPreconditionError,
     IdExistsError,
     IncompleteBuildError,
+    InvalidArgumentError,
+    LimitExceededError,
     NotFoundError,
 )
 from anns.memory import release_freed_heap
+from anns.models import BASE, ModelVersion, Models, check_name, describe, fit_calibration
 from anns.quantization import Codec, load_codec, make_codec
 from anns.routing import Router, balanced_clusters
 from anns.search import ReadView, SearchResult, search
 from anns.storage import (
+    FORMAT_VERSION,
+    MAX_MODEL_VERSIONS,
     TOMBSTONE,
     Batch,
     Storage,
     decode_posting,
     decode_record,
+    decode_vectors,
     encode_posting,
     encode_record,
+    record_version,
 )
 from anns.tuning import (
     Profile,
@@ -77,6 +86,7 @@ class Collection:
         profiles_blob = storage.get_meta("profiles")
         self._profiles = profiles_from_json(profiles_blob)
         self._default_profile = default_target(profiles_blob)
+        self._models = self._load_models()
         router_blob, codec_blob = storage.get_meta("router"), storage.get_meta("codec")
         if router_blob is not None and codec_blob is not None:
             basis_blob = storage.get_meta("basis")
@@ -192,6 +202,7 @@ class Collection:
             "centroid_bytes": int(view.router.centroids.nbytes) if view else 0,
             "disk_bytes": self._storage.disk_bytes(),
             "build": json.loads(summary) if summary else None,
+            "models": describe(self._models, self._model_counts(), self.dim),
         }
 
     # ----------------------------------------------------------------------------- reads
@@ -202,6 +213,7 @@ class Collection:
         params: SearchParams | None = None,
         *,
         return_stats: bool = False,
+        model: str | None = None,
         **knobs: Any,
     ) -> SearchResult:
         """The ``k`` nearest stored vectors of each query.
@@ -210,18 +222,21 @@ class Collection:
         (``max_postings``, ``eps2``, ``refine_factor``, ``fetch_budget_mb``, ``d_route``,
         ``d_rerank``) tune the search. See
         :class:`SearchResult` for the shapes, ordering and -1 padding of the result.
+        ``model``: the model version that embedded the queries (default: the current one);
+        they are scored against stored vectors of every version (see :mod:`anns.models`).
         """
         self._check_open()
         k = check_k(k)
         params = self._resolve_params(params, knobs)
-        q = as_vectors(queries, self.dim, metric=self.config.metric, what="query")
+        version = self._models.get(model)
+        q = as_vectors(queries, version.dim, metric=self.config.metric, what="query")
         with self._commit.read():  # one state: the router and postings of the same write
             view = self._view
             if view is None:
                 raise EmptyCollectionError(
                     f"collection at {self.path} is empty: nothing to search"
                 )
-            ids, distances, stats = search(view, q, k, params)
+            ids, distances, stats = search(view, q, k, params, version)
         return SearchResult(ids, distances, stats if return_stats else None)
 
     def _resolve_params(self, params: SearchParams | None, knobs: dict[str, Any]) -> SearchParams:
@@ -357,14 +372,16 @@ class Collection:
             raise NotFoundError(f"{len(missing)} id(s) not stored, e.g. {missing[:5]}")
         if not len(ids):
             return np.empty((0, self.dim), dtype=np.float32)
-        return np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), self.dim).copy()  # type: ignore[arg-type]
+        # the base-space image of every version: the first dim floats
+        return np.ascontiguousarray(decode_vectors(blobs, self.dim)[0][:, : self.dim])  # type: ignore[arg-type]
 
     def get(self, ids: Any) -> np.ndarray:
         """Full stored vectors of ``ids`` as float32 [n, dim]; NotFoundError names missing ids.
 
         Vectors are stored in the collection basis; a PCA basis maps them back with float32
         rounding (about 1e-7 relative), so they equal what was added up to that (cosine
-        collections return the normalised vectors)."""
+        collections return the normalised vectors). A vector stored under another model
+        version comes back as its image in the base model's space (see :mod:`anns.models`)."""
         self._check_open()
         stored = self._stored(as_ids(ids))
         if not len(stored):
@@ -379,18 +396,20 @@ class Collection:
         return np.array([b is not None for b in self._storage.get_vectors(as_ids(ids))], bool)
 
     # ---------------------------------------------------------------------------- writes
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, *, model: str | None = None) -> np.ndarray:
         """Store new vectors; searchable as soon as the call returns.
 
         ``ids`` default to consecutive integers after the largest id ever assigned. An id that
         is already stored is an IdExistsError and nothing is written (use :meth:`upsert` to
-        replace). A deleted id may be added again. Returns the ids (int64 [n]).
+        replace). A deleted id may be added again. ``model``: the model version that embedded
+        the vectors (default: the current one). Returns the ids (int64 [n]).
         """
-        return self._write(vectors, ids, replace=False)
+        return self._write(vectors, ids, replace=False, model=model)
 
-    def upsert(self, vectors: Any, ids: Any) -> np.ndarray:
-        """Store vectors, replacing any stored under the same ids (atomically). Returns ids."""
-        return self._write(vectors, ids, replace=True)
+    def upsert(self, vectors: Any, ids: Any, *, model: str | None = None) -> np.ndarray:
+        """Store vectors, replacing any stored under the same ids (atomically), whatever
+        version they were stored under; ``model`` as in :meth:`add`. Returns ids."""
+        return self._write(vectors, ids, replace=True, model=model)
 
     def delete(self, ids: Any) -> int:
         """Delete ids; a deleted id is never returned by search. Unknown ids are ignored.
@@ -401,7 +420,7 @@ class Collection:
         ids = as_ids(ids)
         with self._lock:
             self._check_open()
-            live, old_pids = self._live_records(ids)
+            live, old_pids, old_versions = self._live_records(ids)
             gone = ids[live]
             if not len(gone):
                 return 0
@@ -419,14 +438,188 @@ class Collection:
                 batch.put_record(int(vid), tomb)
             batch.delete_vectors(gone)
             batch.put_meta("count", str(self.count() - len(gone)).encode())
+            self._put_counts(batch, old_versions[live], None, 0)
             with self._commit.write():
                 self._storage.write(batch)
             return len(gone)
 
-    # ------------------------------------------------------------------------- internals
-    def _write(self, vectors: Any, ids: Any, *, replace: bool) -> np.ndarray:
+    # --------------------------------------------------------------------- model versions
+    def models(self) -> dict[str, Any]:
+        """The model versions: current, retired, and per version its dim, width, count."""
+        self._check_open()
+        return describe(self._models, self._model_counts(), self.dim)
+
+    def add_model(
+        self,
+        name: str,
+        old_pairs: Any,
+        new_pairs: Any,
+        *,
+        force: bool = False,
+        dry_run: bool = False,
+        current: bool = True,
+        seed: int = 0,
+    ) -> CompatReport:
+        """Register a new embedding model version from paired embeddings.
+
+        ``old_pairs`` float [n, dim] (the base model) and ``new_pairs`` float [n, new_dim]
+        (the new model) embed the same n items, row by row. Fits the new model's transform
+        into collection space and its score calibration (:mod:`anns.compat`,
+        :mod:`anns.models`) and runs the quality gate: IncompatibleModelError with the
+        reasons and the figures when it refuses, unless ``force``. ``dry_run`` fits and
+        reports but stores nothing. With ``current`` the version becomes the one writes and
+        queries use when they name none. Nothing stored changes: old vectors stay as they
+        are, searchable by queries of either model. Returns the report (its ``verdict``).
+        """
         self._check_writable()
-        x = as_vectors(vectors, self.dim, metric=self.config.metric)
+        check_name(name)
+        with self._lock:
+            self._check_open()
+            view = self._require_view()
+            if any(v.name == name for v in self._models.versions) or name in self._models.retired:
+                raise AlreadyExistsError(f"model {name!r} is already registered (or retired) "
+                                         f"in collection {self.path}")
+            if self._models.next_index > MAX_MODEL_VERSIONS:
+                raise LimitExceededError(f"a collection holds at most {MAX_MODEL_VERSIONS} "
+                                         f"model versions over its life")
+            base = self._models.get(BASE)
+            old = as_vectors(old_pairs, base.dim, metric=self.config.metric, what="old pairs")
+            new = np.asarray(new_pairs)
+            if new.ndim != 2 or len(new) != len(old):
+                raise InvalidArgumentError(
+                    f"paired embeddings must have the same rows: {len(old)} old, "
+                    f"{len(new) if new.ndim else 0} new (shape {new.shape})")
+            new = as_vectors(new, new.shape[1], metric=self.config.metric, what="new pairs")
+            old = view.basis.apply(old)  # fitted straight into collection space
+            transform, report = fit_model_transform(
+                old, new, self.config.metric, seed=seed, force=force, check=not dry_run)
+            if dry_run:
+                return report
+            version = ModelVersion(name, self._models.next_index, new.shape[1], transform,
+                                   fit_calibration(transform, old, new, self.config.metric))
+            models = self._models.with_version(version, current=current)
+            batch = self._storage.batch()
+            batch.put_meta(f"model/{name}", transform.to_bytes())
+            batch.put_meta("models", models.to_json())
+            batch.put_meta(f"model_report/{name}", json.dumps(report.to_dict()).encode())
+            upgrade = self._storage.format_version < FORMAT_VERSION
+            if upgrade:
+                self._storage.upgrade_format(batch)
+            self._set_models(batch, models)
+            if upgrade:
+                self._storage.upgraded()
+            log.info("registered model %r (%s): %s", name, report.verdict, report.summary())
+            return report
+
+    def set_current(self, name: str) -> None:
+        """Make ``name`` the version writes and queries use when they name none (rollback:
+        set the base model current again)."""
+        self._check_writable()
+        with self._lock:
+            self._check_open()
+            models = self._models.with_current(name)
+            batch = self._storage.batch()
+            batch.put_meta("models", models.to_json())
+            self._set_models(batch, models)
+
+    def retire(self, name: str) -> None:
+        """Remove a model version no stored vector uses any more; its queries and writes are
+        then refused. Refuses (FailedPreconditionError) while vectors of it remain or while
+        it is current. The base model's space stays the collection space (routing and codes
+        read its dims), so retiring it only retires its queries and writes."""
+        self._check_writable()
+        with self._lock:
+            self._check_open()
+            version = self._models.get(name)
+            if self._models.current == version.name:
+                raise FailedPreconditionError(
+                    f"model {name!r} is current; make another version current first")
+            left = self._model_counts().get(version.name, 0)
+            if left:
+                raise FailedPreconditionError(
+                    f"model {name!r} still has {left} stored vector(s); backfill them under "
+                    f"another version (or delete them) before retiring it")
+            models = self._models.without(version.name)
+            batch = self._storage.batch()
+            batch.put_meta("models", models.to_json())
+            if not version.is_base:
+                batch.delete_meta(f"model/{version.name}")
+            self._set_models(batch, models)
+
+    def backfill(
+        self,
+        model: str,
+        vectors: Any,
+        ids: Any,
+        *,
+        batch_rows: int | None = None,
+        progress: bool | None = None,
+        on_batch: Any = None,
+    ) -> Any:
+        """Re-store items under model version ``model``: ``vectors`` float [n, model dim]
+        (numpy or memory-mapped) embedded by it, ``ids`` int64 [n] unique (ids not stored are
+        added). Upserts in atomic batches of ``batch_rows``, each with a checkpoint, so a
+        killed run resumes where it stopped when run again with the same input (see
+        :mod:`anns.backfill`). ``progress``: a tqdm bar on stderr (None: only on a terminal).
+        ``on_batch(rows_done)`` is called after each stored batch. Returns a BackfillReport.
+        """
+        from anns.backfill import DEFAULT_BATCH_ROWS, backfill
+
+        self._check_writable()
+        return backfill(self, model, vectors, ids, batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
+                        progress=progress, on_batch=on_batch)
+
+    def _set_meta(self, name: str, value: bytes) -> None:
+        with self._lock:
+            batch = self._storage.batch()
+            batch.put_meta(name, value)
+            self._storage.write(batch)
+
+    def _set_models(self, batch: Batch, models: Models) -> None:
+        """Write ``batch`` and swap in ``models`` (and a view that carries them)."""
+        view = self._view
+        new_view = (self._make_view(view.basis, view.router, view.codec, models=models)
+                    if view else None)
+        with self._commit.write():
+            self._storage.write(batch)
+            self._models, self._view = models, new_view
+
+    def _load_models(self) -> Models:
+        blob = self._storage.get_meta("models")
+        if blob is None:
+            return Models.base_only(self.config.dim)
+        names = [v["name"] for v in json.loads(blob)["versions"]]
+        return Models.from_meta(
+            blob, {n: self._storage.get_meta(f"model/{n}") for n in names}, self.config.dim)
+
+    def _model_counts(self) -> dict[str, int]:
+        blob = self._storage.get_meta("model_counts")
+        if blob is None:  # formats 1-2, or nothing registered yet: all the base model's
+            return {BASE: self.count()}
+        counts: dict[str, int] = json.loads(blob)
+        return counts
+
+    def _put_counts(self, batch: Batch, removed: np.ndarray, added: ModelVersion | None,
+                    n_added: int) -> None:
+        """Per-version counts after removing vectors of version indices ``removed`` and
+        adding ``n_added`` of ``added`` (the caller holds the write lock)."""
+        counts = self._model_counts()
+        names = {v.index: v.name for v in self._models.versions}
+        indices, per = np.unique(removed, return_counts=True)
+        for i, c in zip(indices.tolist(), per.tolist()):
+            key = names.get(i, f"#{i}")
+            counts[key] = counts.get(key, 0) - c
+        if added is not None:
+            counts[added.name] = counts.get(added.name, 0) + n_added
+        batch.put_meta("model_counts", json.dumps(counts).encode())
+
+    # ------------------------------------------------------------------------- internals
+    def _write(self, vectors: Any, ids: Any, *, replace: bool, model: str | None = None,
+               meta: dict[str, bytes] | None = None) -> np.ndarray:
+        """The write path; ``meta`` entries go into the same atomic batch (checkpoints)."""
+        self._check_writable()
+        version = self._models.get(model)
+        x = as_vectors(vectors, version.dim, metric=self.config.metric)
         with self._lock:
             self._check_open()
             if ids is None:
@@ -437,7 +630,7 @@ class Collection:
             ids = as_ids(ids, len(x))
             if not len(x):
                 return ids
-            live, old_pids = self._live_records(ids)
+            live, old_pids, old_versions = self._live_records(ids)
             if live.any() and not replace:
                 shown = ", ".join(str(int(i)) for i in ids[live][:5])
                 raise IdExistsError(
@@ -447,7 +640,7 @@ class Collection:
             view = self._view or self._bootstrap(x, batch)
             router, codec = view.router, view.codec
             cfg = self.config
-            x = view.basis.apply(x)
+            x = version.stored_form(x, view.basis)
 
             rep, _ = router.replicas(prefix(x, view.d_route), cfg.replica_cap, cfg.eps1)
             rows, slots = np.nonzero(rep >= 0)
@@ -477,10 +670,13 @@ class Collection:
 
             for pid, (p_ids, p_codes) in postings.items():
                 batch.put_posting(pid, encode_posting(p_ids, p_codes))
-            batch.put_vectors(ids, x)
+            batch.put_vectors(ids, x, version.index)
             for vid, row in zip(ids.tolist(), rep):
-                batch.put_record(vid, encode_record(row[row >= 0]))
+                batch.put_record(vid, encode_record(row[row >= 0], version=version.index))
             batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
+            self._put_counts(batch, old_versions[live], version, len(ids))
+            for name, value in (meta or {}).items():
+                batch.put_meta(name, value)
             entries_delta = sum(len(p_ids) for p_ids, _ in postings.values()) - entries_before
             batch.put_meta("entries", str(self._entries() + entries_delta).encode())
             next_id = max(int(self._storage.get_meta("next_id") or b"0"), int(ids.max()) + 1)
@@ -576,11 +772,15 @@ class Collection:
             flags, pids = decode_record(blob)
             for old, new in moved_to[vid]:
                 pids = np.where(pids == old, new, pids)
-            batch.put_record(vid, encode_record(pids, flags))
+            batch.put_record(vid, encode_record(pids, flags, record_version(blob)))
 
-    def _live_records(self, ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Which ids are stored, and the posting ids of each stored one."""
+    def _live_records(
+        self, ids: np.ndarray
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Which ids are stored, the posting ids of each stored one, and the model version
+        index of every id (int64 [n], meaningful where stored)."""
         live = np.zeros(len(ids), dtype=bool)
+        versions = np.zeros(len(ids), dtype=np.int64)
         pids: list[np.ndarray] = []
         for i, blob in enumerate(self._storage.get_records(ids)):
             if blob is None:
@@ -589,7 +789,8 @@ class Collection:
             if flags != TOMBSTONE:
                 live[i] = True
                 pids.append(held)
-        return live, pids
+                versions[i] = record_version(blob)
+        return live, pids, versions
 
     def _read_postings(
         self, pids: np.ndarray, view: ReadView
@@ -608,7 +809,8 @@ class Collection:
         return int(self._storage.get_meta("entries") or b"0")
 
     def _make_view(
-        self, basis: Basis, router: Router, codec: Codec, entries: int | None = None
+        self, basis: Basis, router: Router, codec: Codec, entries: int | None = None,
+        models: Models | None = None,
     ) -> ReadView:
         entries = self._entries() if entries is None else entries
         mean_len = max(1.0, entries / max(router.size, 1))
@@ -617,6 +819,7 @@ class Collection:
             self._storage, router, codec, cfg.metric, cfg.dim,
             posting_bytes=mean_len * (8 + codec.code_size), replica_cap=cfg.replica_cap,
             basis=basis, d_scan=codec.dim, d_rerank=cfg.rerank_dims,
+            models=models or self._models,
         )
 
     def _require_view(self) -> ReadView:

@@ -22,9 +22,10 @@ from anns.basis import Basis
 from anns.config import Metric, SearchParams
 from anns.errors import InvalidArgumentError
 from anns.memory import release_freed_heap
+from anns.models import ModelVersion, Models
 from anns.quantization import Codec
 from anns.routing import Router
-from anns.storage import Storage, decode_posting
+from anns.storage import Storage, decode_posting, decode_vectors
 from anns.vectors import prefix
 
 
@@ -152,6 +153,8 @@ class ReadView:
     """Dims the codes hold (the codec's dim)."""
     d_rerank: int
     """Default dims of the exact rerank."""
+    models: Models | None = None
+    """The model versions (None: the base model only)."""
 
     @property
     def d_route(self) -> int:
@@ -175,9 +178,11 @@ class ReadView:
 
 
 def search(
-    view: ReadView, queries: np.ndarray, k: int, params: SearchParams
+    view: ReadView, queries: np.ndarray, k: int, params: SearchParams,
+    model: ModelVersion | None = None,
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
-    """Search validated raw queries (float32 [q, dim]); returns (ids, distances, stats)."""
+    """Search validated raw queries (float32 [q, dim] of ``model``, default the base model);
+    returns (ids, distances, stats)."""
     d_route, d_rerank = view.stage_dims(params)
     q = len(queries)
     ids = np.full((q, k), -1, dtype=np.int64)
@@ -185,14 +190,18 @@ def search(
     distances = np.full((q, k), worst, dtype=np.float32)
 
     t0 = time.perf_counter()
-    queries = view.basis.apply(queries)
+    # full: the query on all dims of its own version (same-version rerank), None for the
+    # base model; the base-space image routes, scans, and scores other versions' vectors
+    full = None if model is None or model.is_base else _full_query(model, queries, view)
+    queries = view.basis.apply(queries) if model is None else model.base_image(queries, view.basis)
     pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
     parts = [SearchStats(seconds={"route": time.perf_counter() - t0})]
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
     chunks = _chunks_by_postings(pids, budget, view.router.size)
     for rows in chunks:
         chunk_ids, chunk_dist, chunk_stats = _search_chunk(
-            view, queries[rows], pids[rows], k, params, d_rerank
+            view, queries[rows], pids[rows], k, params, d_rerank,
+            None if full is None else full[rows], model,
         )
         ids[rows] = chunk_ids
         distances[rows] = chunk_dist
@@ -254,9 +263,18 @@ def _chunks_by_postings(pids: np.ndarray, budget: int, n_postings: int) -> list[
     return chunks
 
 
+def _full_query(model: ModelVersion, queries: np.ndarray, view: ReadView) -> np.ndarray:
+    """A new version's queries for scoring its own vectors: ``apply`` (no offset) for ip and
+    cosine with the offset's share taken back out later, the stored form for l2 (where the
+    offset cancels in the difference)."""
+    if view.metric == "l2":
+        return model.stored_form(queries, view.basis)
+    return model.transform.apply(queries)  # type: ignore[union-attr]
+
+
 def _search_chunk(
     view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams,
-    d_rerank: int,
+    d_rerank: int, full: np.ndarray | None = None, model: ModelVersion | None = None,
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
     seconds: dict[str, float] = {}
     t1 = time.perf_counter()
@@ -288,7 +306,8 @@ def _search_chunk(
     seconds["scan"] = t3 - t2
 
     # rerank: exact distances on full vectors
-    out_ids, out_dist, vector_bytes, reranked = _rerank(view, queries, cand, k, d_rerank)
+    out_ids, out_dist, vector_bytes, reranked = _rerank(
+        view, queries, cand, k, d_rerank, full, model)
     seconds["rerank"] = time.perf_counter() - t3
 
     # per query: what each probed posting held and weighed, summed along the query's row
@@ -340,11 +359,16 @@ def _first_unique(cand: np.ndarray, depth: int) -> np.ndarray:
 
 
 def _rerank(
-    view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int, d_rerank: int
+    view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int, d_rerank: int,
+    full: np.ndarray | None = None, model: ModelVersion | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Top-k among candidates [q, r] (-1 = none) by distance on the first ``d_rerank`` dims
     of their full vectors (exact when that is all); (ids, distances, bytes read, vectors
-    reranked per query int64 [q])."""
+    reranked per query int64 [q]).
+
+    With model versions (:mod:`anns.models`): a candidate of the query's own version is
+    scored on all its dims (``full``), one of another version on the base-space images,
+    then calibrated onto the same-version scale."""
     valid = cand >= 0
     if not valid.any():
         worst = np.inf if view.metric == "l2" else -np.inf
@@ -352,24 +376,31 @@ def _rerank(
                 0, np.zeros(len(cand), dtype=np.int64))
     unique, inverse = np.unique(cand[valid], return_inverse=True)
     blobs = view.storage.get_vectors(unique)
-    if blobs.count(None) == 0:  # the common case: one C-level join, no per-candidate loop
+    versioned = view.models is not None and view.models.mixed
+    if blobs.count(None) == 0 and not versioned:  # the common case: one join, no loop
         present = np.ones(len(unique), dtype=bool)
         vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, view.dim)  # type: ignore[arg-type]
-    else:  # some candidates were deleted since their posting was scanned
+        nbytes = len(unique) * 4 * view.dim
+    else:  # model versions, or candidates deleted since their posting was scanned
         present = np.array([b is not None for b in blobs], dtype=bool)
-        vectors = np.zeros((len(unique), view.dim), dtype=np.float32)
-        if present.any():
-            joined = b"".join(b for b in blobs if b is not None)
-            vectors[present] = np.frombuffer(joined, dtype="<f4").reshape(-1, view.dim)
-    nbytes = int(present.sum()) * 4 * view.dim
+        found = [b for b in blobs if b is not None]
+        nbytes = sum(map(len, found))
+        decoded, found_versions = decode_vectors(found, view.dim)
+        vectors = np.zeros((len(unique), max(view.dim, decoded.shape[1])), dtype=np.float32)
+        versions = np.full(len(unique), -1, dtype=np.int64)
+        vectors[present, : decoded.shape[1]] = decoded
+        versions[present] = found_versions
 
     slot = np.zeros(cand.shape, dtype=np.int64)
     slot[valid] = inverse
     # a candidate deleted since it was scanned has no full vector: it cannot be returned
     alive = valid & present[slot]
-    if d_rerank < view.dim:
-        queries, vectors = queries[:, :d_rerank], vectors[:, :d_rerank]
-    scores = _exact_scores(view.metric, queries, vectors, slot)
+    if versioned:
+        scores = _versioned_scores(view, queries, vectors, versions, slot, d_rerank, full, model)
+    else:
+        if d_rerank < view.dim:
+            queries, vectors = queries[:, :d_rerank], vectors[:, :d_rerank]
+        scores = _exact_scores(view.metric, queries, vectors, slot)
     if view.metric == "l2":
         scores = np.where(alive, scores, np.inf)
         order = np.argsort(scores, axis=1, kind="stable")[:, :k]
@@ -384,6 +415,45 @@ def _rerank(
         top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
         top_dist = np.pad(top_dist, ((0, 0), (0, pad)), constant_values=worst)
     return top_ids, top_dist, nbytes, alive.sum(1).astype(np.int64)
+
+
+def _versioned_scores(
+    view: ReadView, queries: np.ndarray, vectors: np.ndarray, versions: np.ndarray,
+    slot: np.ndarray, d_rerank: int, full: np.ndarray | None, model: ModelVersion | None,
+) -> np.ndarray:
+    """Scores of a collection holding several model versions (see :mod:`anns.models`):
+    base-space images on ``min(d_rerank, dim)`` dims for every candidate, calibrated where the
+    candidate's version is not the query's; all dims of the query's own version where it
+    is."""
+    assert view.models is not None
+    d = min(d_rerank, view.dim)
+    scores = _exact_scores(view.metric, queries[:, :d], vectors[:, :d], slot)
+    own = 0 if model is None else model.index
+    cand_version = versions[slot]
+    by_index = view.models.by_index()
+    query_model = by_index.get(own)
+    for index in np.unique(cand_version).tolist():
+        if index == own or index < 0:
+            continue
+        a, b = (1.0, 0.0)
+        vec_model = by_index.get(index)
+        if query_model is not None and not query_model.is_base:
+            a, b = query_model.affine("query")
+        elif vec_model is not None:
+            a, b = vec_model.affine("vector")
+        if (a, b) != (1.0, 0.0):
+            mask = cand_version == index
+            scores[mask] = a * scores[mask] + b
+    if full is not None and model is not None and (cand_version == own).any():
+        width = full.shape[1]
+        same = _exact_scores(view.metric, full, vectors[:, :width], slot)
+        if view.metric != "l2":
+            # stored = [x A + offset, x E]: take the query's share of the offset back out
+            t = model.transform
+            assert t is not None
+            same -= (full[:, : t.old_dim] @ t.offset)[:, None]
+        scores = np.where(cand_version == own, same, scores)
+    return scores
 
 
 def _exact_scores(

@@ -7,14 +7,20 @@ with four column families:
 family      key                  value
 ==========  ===================  ==========================================================
 postings    posting id, u32 BE   ids int64 LE [m] then codes uint8 [m, code_size]
-vectors     vector id, i64 BE    the full vector in the collection basis, float32 LE [dim]
-records     vector id, i64 BE    flags u8 (1 = tombstone) then posting ids u32 LE [r]
-meta        ascii name           format version, index config, basis, router, codec, counters
+vectors     vector id, i64 BE    the full vector in collection space, float32 LE [w], then
+                                 for a model version other than the base its index, u32 LE
+records     vector id, i64 BE    flags u8 (bit 0: tombstone; bits 1-7: model version index)
+                                 then posting ids u32 LE [r]
+meta        ascii name           format version, index config, basis, router, codec, counters,
+                                 model versions (``models`` JSON, ``model/<name>`` transforms)
 ==========  ===================  ==========================================================
 
 Format versions: 1 stored raw vectors and had no basis; 2 stores vectors (and centroids,
-codes) in the collection basis (``meta/basis``). Version 1 still opens: its basis is the
-identity.
+codes) in the collection basis (``meta/basis``); 3 adds model versions: a vector of the base
+model is ``w = dim`` floats exactly as in format 2, one of another version is its ``w >= dim``
+floats (see :mod:`anns.models`) followed by the version's index, so the length alone tells the
+two apart and a base-only collection is byte-for-byte a format-2 one. Versions 1 and 2 still
+open (every vector of the base model); registering a model version upgrades them to 3.
 
 Big-endian ids keep keys in numeric order. Every write of one library call goes through one
 :class:`Batch`, written as one atomic RocksDB WriteBatch: a call is durable entirely or not at
@@ -50,8 +56,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever the layout above changes meaning. New collections are written in
 #: FORMAT_VERSION; any of READABLE_FORMATS opens; another is refused with both named.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 
 POSTINGS, VECTORS, RECORDS, META = "postings", "vectors", "records", "meta"
 _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
@@ -60,6 +66,8 @@ _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
 COLLECTION_MARKER = "ANNS_COLLECTION"
 
 TOMBSTONE = 1
+#: Most model versions one collection can ever register (7 bits of the record flags).
+MAX_MODEL_VERSIONS = 127
 #: Memory all memtables of one collection may hold before RocksDB flushes them.
 _MEMTABLE_BYTES = 32 << 20
 #: Below this many keys per thread a multi-get is not worth splitting.
@@ -80,7 +88,37 @@ def _decode_vectors(
     keys: list[bytes], values: list[bytes], dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
     ids = np.frombuffer(b"".join(keys), dtype=">i8").astype(np.int64)
-    return ids, np.frombuffer(b"".join(values), dtype="<f4").reshape(len(ids), dim)
+    return ids, decode_vectors(values, dim)[0][:, :dim]
+
+
+def encode_vector(row: np.ndarray, version: int) -> bytes:
+    """One stored vector: float32 LE [w], then the model version index (u32) unless 0."""
+    blob: bytes = np.ascontiguousarray(row, dtype="<f4").tobytes()
+    return blob if version == 0 else blob + int(version).to_bytes(4, "little")
+
+
+def decode_vectors(blobs: list[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors (none None) -> (float32 [n, w_max] zero-padded past each vector's own
+    width, model version index int64 [n]). ``dim`` is the base width: a blob of exactly
+    ``4 * dim`` bytes is a base vector. One join and reshape per distinct length."""
+    n = len(blobs)
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
+    if n == 0 or (lengths == 4 * dim).all():  # base model only: one join, no grouping
+        joined = b"".join(blobs)
+        return np.frombuffer(joined, dtype="<f4").reshape(n, dim), np.zeros(n, np.int64)
+    widths = np.where(lengths == 4 * dim, dim, lengths // 4 - 1)
+    out = np.zeros((n, int(widths.max())), dtype=np.float32)
+    versions = np.zeros(n, dtype=np.int64)
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        block = np.frombuffer(b"".join([blobs[i] for i in rows.tolist()]), dtype="<f4")
+        if length == 4 * dim:
+            out[rows, :dim] = block.reshape(len(rows), dim)
+        else:
+            block = block.reshape(len(rows), length // 4)
+            out[rows, : length // 4 - 1] = block[:, :-1]
+            versions[rows] = block[:, -1].view("<u4")
+    return out, versions
 
 
 def encode_posting(ids: np.ndarray, codes: np.ndarray) -> bytes:
@@ -96,14 +134,22 @@ def decode_posting(blob: bytes, code_size: int) -> tuple[np.ndarray, np.ndarray]
     return ids, codes
 
 
-def encode_record(pids: np.ndarray, flags: int = 0) -> bytes:
-    """Serialise one per-id record: flags byte, then the posting ids holding the vector."""
-    return bytes([flags]) + np.ascontiguousarray(pids, dtype="<u4").tobytes()
+def encode_record(pids: np.ndarray, flags: int = 0, version: int = 0) -> bytes:
+    """Serialise one per-id record: flags byte (tombstone bit, model version index above
+    it), then the posting ids holding the vector."""
+    return bytes([(flags & TOMBSTONE) | (version << 1)]) + np.ascontiguousarray(
+        pids, dtype="<u4").tobytes()
 
 
 def decode_record(blob: bytes) -> tuple[int, np.ndarray]:
-    """Inverse of :func:`encode_record`: (flags, posting ids int64)."""
-    return blob[0], np.frombuffer(blob, dtype="<u4", offset=1).astype(np.int64)
+    """Inverse of :func:`encode_record`: (flags, posting ids int64); see
+    :func:`record_version` for the model version."""
+    return blob[0] & TOMBSTONE, np.frombuffer(blob, dtype="<u4", offset=1).astype(np.int64)
+
+
+def record_version(blob: bytes) -> int:
+    """The model version index a record's vector was stored under (0: the base model)."""
+    return blob[0] >> 1
 
 
 @dataclass
@@ -125,9 +171,13 @@ class Batch:
     def delete_posting(self, pid: int) -> None:
         self._wb.delete(int(pid).to_bytes(4, "big"), self.storage._handles[POSTINGS])
 
-    def put_vectors(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def put_vectors(self, ids: np.ndarray, vectors: np.ndarray, version: int = 0) -> None:
+        """Full vectors [n, w] of one model version (0: the base model, no trailer)."""
         h = self.storage._handles[VECTORS]
         rows = np.ascontiguousarray(vectors, dtype="<f4")
+        if version:
+            tail = np.full((len(rows), 1), version, dtype="<u4").view("<f4")
+            rows = np.ascontiguousarray(np.hstack([rows, tail]))
         for key, row in zip(id_keys(ids), rows):
             self._wb.put(key, row.tobytes(), h)
         self.puts += len(rows)
@@ -203,6 +253,11 @@ class Storage:
             )
         storage = cls(p, cls._open_db(p, config, create=False), config)
         stored = storage.get_meta("format_version")
+        if stored is not None and int(stored) in READABLE_FORMATS and int(stored) > found:
+            # an upgrade (registering a model version) stopped before rewriting the marker
+            if not config.read_only:
+                _write_marker(p, int(stored))
+            found = int(stored)
         if stored is None or int(stored) != found:
             storage.close()
             raise FormatVersionError(
@@ -212,6 +267,16 @@ class Storage:
             )
         storage.format_version = found
         return storage
+
+    def upgrade_format(self, batch: Batch) -> None:
+        """Record, in ``batch``, that the collection is now FORMAT_VERSION; call
+        :meth:`upgraded` after writing it. A crash between the two leaves the marker behind
+        the stored version, which :meth:`open` completes."""
+        batch.put_meta("format_version", str(FORMAT_VERSION).encode())
+
+    def upgraded(self) -> None:
+        self.format_version = FORMAT_VERSION
+        _write_marker(self.path, FORMAT_VERSION)
 
     @staticmethod
     def _open_db(p: Path, config: StorageConfig, *, create: bool) -> rocksdict.Rdict:
@@ -374,6 +439,12 @@ class Storage:
     def block_cache_usage(self) -> int:
         value = self._db.property_int_value("rocksdb.block-cache-usage")
         return int(value or 0)
+
+
+def _write_marker(path: Path, version: int) -> None:
+    tmp = path / (COLLECTION_MARKER + ".tmp")
+    tmp.write_text(json.dumps({"format_version": version}) + "\n")
+    os.replace(tmp, path / COLLECTION_MARKER)
 
 
 def _family_options(table: rocksdict.BlockBasedOptions) -> rocksdict.Options:

@@ -14,6 +14,7 @@ from anns.compat import ModelTransform, fit_bt2, fit_model_transform
 from anns.errors import (
     CorruptCollectionError,
     DTypeError,
+    IncompatibleModelError,
     InvalidArgumentError,
     LimitExceededError,
     NonFiniteError,
@@ -159,7 +160,7 @@ def test_refuses_too_few_pairs_before_fitting() -> None:
 
 def test_refuses_too_few_pairs_per_dim_with_figures_unless_forced() -> None:
     old, new, _ = two_models(150)  # < 4 x 48
-    with pytest.raises(LimitExceededError, match=r"too few pairs.*new/old 0\.\d+.*old/old"):
+    with pytest.raises(IncompatibleModelError, match=r"too few pairs.*new/old 0\.\d+.*old/old"):
         fit_model_transform(old, new, "l2")
     _, report = fit_model_transform(old, new, "l2", force=True)
     assert report.verdict == "forced" and report.reasons
@@ -199,7 +200,7 @@ def test_refuses_a_fit_worse_than_not_migrating() -> None:
     rotations = np.stack([_orthogonal(dim, rng) for _ in range(clusters)])
     new = centres[which] @ _orthogonal(dim, rng) + np.einsum("nd,nde->ne", local,
                                                                rotations[which])
-    with pytest.raises(InvalidArgumentError, match="below old/old") as info:
+    with pytest.raises(IncompatibleModelError, match="below old/old") as info:
         fit_model_transform(old, new, "l2")
     assert "learning curve" in str(info.value)
     _, report = fit_model_transform(old, new, "l2", force=True)
@@ -210,6 +211,6 @@ def test_refuses_a_fit_worse_than_not_migrating() -> None:
 def test_refuses_an_unrelated_model() -> None:
     old, _, _ = two_models(1000, seed=4)
     unrelated, _, _ = two_models(1000, seed=9)  # same shape, other items' structure
-    with pytest.raises(InvalidArgumentError, match="model transform refused") as info:
+    with pytest.raises(IncompatibleModelError, match="model transform refused") as info:
         fit_model_transform(old, unrelated, "cosine")
     assert "new/old" in str(info.value) and "old/old" in str(info.value)

@@ -18,6 +18,7 @@ TREE = [
     (E.DuplicateIdsError, E.InvalidArgumentError, (ValueError,), "INVALID_ARGUMENT"),
     (E.LimitExceededError, E.InvalidArgumentError, (ValueError,), "INVALID_ARGUMENT"),
     (E.InputFormatError, E.InvalidArgumentError, (ValueError,), "INVALID_ARGUMENT"),
+    (E.IncompatibleModelError, E.InvalidArgumentError, (ValueError,), "INVALID_ARGUMENT"),
     (E.NotFoundError, E.AnnsError, (KeyError,), "NOT_FOUND"),
     (E.CollectionNotFoundError, E.NotFoundError, (KeyError,), "NOT_FOUND"),
     (E.AlreadyExistsError, E.AnnsError, (), "ALREADY_EXISTS"),

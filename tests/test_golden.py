@@ -1,5 +1,5 @@
 """Compatibility: a collection written by the previous version (format 1, raw vectors, no
-basis) still opens, answers as it did, and takes writes; new collections are format 2.
+basis) still opens, answers as it did, and takes writes; new collections are format 3.
 
 tests/golden/v1 was built by that version from 300 x 16 Gaussian vectors (seed 7) with
 posting_size 16 and max_posting_size 48; tests/golden/v1-expected.npz holds the vectors, 20
@@ -43,7 +43,7 @@ def v1(tmp_path: Path) -> Path:
 def test_the_golden_collection_is_format_1_and_this_version_reads_it() -> None:
     marker = json.loads((GOLDEN / "v1" / "ANNS_COLLECTION").read_text())
     assert marker["format_version"] == 1
-    assert 1 in READABLE_FORMATS and FORMAT_VERSION == 2
+    assert 1 in READABLE_FORMATS and FORMAT_VERSION == 3
 
 
 def test_a_format_1_collection_opens_with_the_identity_basis(v1: Path) -> None:
@@ -111,16 +111,16 @@ def test_a_format_1_collection_takes_writes_and_stays_format_1(
     assert marker["format_version"] == 1
 
 
-def test_new_collections_are_format_2(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_new_collections_are_format_3(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
     anns.build(tmp_path / "built", small[0], config={"posting_size": 32})
     with anns.Collection.open(tmp_path / "built") as coll:
-        assert coll.info()["format_version"] == FORMAT_VERSION == 2
+        assert coll.info()["format_version"] == FORMAT_VERSION == 3
         assert coll.info()["basis"] == "pca"
     with anns.Collection.create(tmp_path / "created", anns.IndexConfig(dim=8)) as coll:
-        assert coll.info()["format_version"] == 2
+        assert coll.info()["format_version"] == 3
         assert coll.info()["basis"] is None  # empty: no basis until the first add
         coll.add(small[0][:100])
         assert coll.info()["basis"] == "pca"
     for name in ("built", "created"):
         marker = json.loads((tmp_path / name / "ANNS_COLLECTION").read_text())
-        assert marker["format_version"] == 2
+        assert marker["format_version"] == 3

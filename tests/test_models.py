@@ -1,0 +1,174 @@
+"""Model versions (anns.models, Collection.add_model / backfill / retire): registration through
+the compatibility gate, every refusal, mixed-version search ranking consistently, and a killed
+backfill resuming with nothing lost or duplicated."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import anns
+from anns.cli import main
+from anns.errors import (
+    AlreadyExistsError,
+    DimensionMismatchError,
+    DuplicateIdsError,
+    FailedPreconditionError,
+    IncompatibleModelError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from anns.evaluation import exact_knn
+from test_compat import NEW_DIM, OLD_DIM, two_models
+
+N, PAIRS = 2400, 800
+EXHAUSTIVE = {"max_postings": 10000, "eps2": math.inf, "refine_factor": 1000}
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    old, new, _ = two_models(N + 200, seed=5)
+    return old, new
+
+
+def _collection(path: Path, old: np.ndarray) -> anns.Collection:
+    coll = anns.Collection.create(path, anns.IndexConfig(dim=OLD_DIM, posting_size=64))
+    coll.add(old[:N], np.arange(N))
+    return coll
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float((found[:, :, None] == truth[:, None, :]).any(axis=2).mean())
+
+
+def test_register_search_backfill_retire(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    old, new = data
+    coll = _collection(tmp_path / "c", old)
+    dry = coll.add_model("v2", old[:PAIRS], new[:PAIRS], dry_run=True)
+    assert dry.verdict == "accepted" and coll.models()["current"] == "default"
+    assert list(coll.models()["versions"]) == ["default"]  # a dry run stores nothing
+    report = coll.add_model("v2", old[:PAIRS], new[:PAIRS])
+    assert report.verdict == "accepted"
+    info = coll.info()["models"]
+    assert info["current"] == "v2" and info["versions"]["default"]["count"] == N
+    assert info["versions"]["v2"]["count"] == 0 and info["versions"]["v2"]["dim"] == NEW_DIM
+
+    queries = new[N:]
+    t = coll._models.get("v2").transform
+    assert t is not None
+    truth = exact_knn(t.apply(new[:N]), t.apply(queries), 10, "l2")[0]
+    all_old = coll.search(queries, 10, **EXHAUSTIVE).ids  # new queries, every vector old
+    # backfill half, killed after two batches, then resumed
+    half = np.arange(N // 2)
+    calls: list[int] = []
+
+    def kill_after_two(done: int) -> None:
+        calls.append(done)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        coll.backfill("v2", new[half], half, batch_rows=250, progress=False,
+                      on_batch=kill_after_two)
+    assert coll.models()["versions"]["v2"]["count"] == 500
+    resumed = coll.backfill("v2", new[half], half, batch_rows=250, progress=False)
+    assert resumed.resumed_at == 500 and resumed.written == N // 2 - 500
+    again = coll.backfill("v2", new[half], half, batch_rows=250, progress=False)
+    assert again.written == 0 and again.batches == 0  # finished: a rerun is a no-op
+    counts = coll.models()["versions"]
+    assert counts["v2"]["count"] == N // 2 and counts["default"]["count"] == N // 2
+    assert len(coll) == N and coll.contains(np.arange(N)).all()
+
+    # mixed gallery: ranking at least as good as all-old, calibrated beats uncalibrated
+    mixed = coll.search(queries, 10, **EXHAUSTIVE).ids
+    assert set(np.unique(mixed)) <= set(range(N))
+    assert _recall(mixed, truth) >= _recall(all_old, truth) - 0.02
+    # old-model queries still answer over both versions (rollback stays possible)
+    old_q = coll.search(old[N:], 10, model="default", **EXHAUSTIVE).ids
+    assert _recall(old_q, exact_knn(old[:N], old[N:], 10, "l2")[0]) > 0.5
+
+    with pytest.raises(FailedPreconditionError, match="still has 1200"):
+        coll.retire("default")
+    rest = np.arange(N // 2, N)
+    coll.backfill("v2", new[rest], rest, progress=False)
+    full = coll.search(queries, 10, **EXHAUSTIVE).ids
+    assert _recall(full, truth) >= 0.99
+    with pytest.raises(FailedPreconditionError, match="is current"):
+        coll.retire("v2")
+    coll.retire("default")
+    with pytest.raises(NotFoundError, match="retired"):
+        coll.search(old[N:], 10, model="default")
+    coll.close()
+    with anns.Collection.open(tmp_path / "c") as coll:  # all of it survives a reopen
+        assert coll.models()["current"] == "v2" and coll.models()["retired"] == ["default"]
+        assert coll.models()["versions"]["v2"]["count"] == N
+        np.testing.assert_array_equal(coll.search(queries, 10, **EXHAUSTIVE).ids, full)
+
+
+def test_refusals_lose_nothing(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    old, new = data
+    coll = _collection(tmp_path / "c", old)
+    with pytest.raises(IncompatibleModelError, match="too few pairs.*new/old"):
+        coll.add_model("v2", old[:150], new[:150])
+    rng = np.random.default_rng(0)
+    with pytest.raises(IncompatibleModelError, match="below old/old|chance"):
+        coll.add_model("v2", old[:PAIRS], rng.standard_normal((PAIRS, NEW_DIM)))
+    with pytest.raises(InvalidArgumentError, match="same rows"):
+        coll.add_model("v2", old[:PAIRS], new[: PAIRS - 1])
+    with pytest.raises(DimensionMismatchError):
+        coll.add_model("v2", new[:PAIRS], new[:PAIRS])
+    with pytest.raises(InvalidArgumentError, match="model name"):
+        coll.add_model("bad name!", old[:PAIRS], new[:PAIRS])
+    assert list(coll.models()["versions"]) == ["default"]
+    forced = coll.add_model("small", old[:150], new[:150], force=True, current=False)
+    assert forced.verdict == "forced" and coll.models()["current"] == "default"
+    with pytest.raises(AlreadyExistsError):
+        coll.add_model("small", old[:PAIRS], new[:PAIRS])
+    with pytest.raises(NotFoundError, match="'nope' is not registered"):
+        coll.search(new[:2], 3, model="nope")
+    with pytest.raises(DimensionMismatchError):
+        coll.search(old[:2], 3, model="small")
+    with pytest.raises(DimensionMismatchError):
+        coll.upsert(old[:2], [0, 1], model="small")
+    with pytest.raises(DuplicateIdsError):
+        coll.backfill("small", new[:2], [1, 1], progress=False)
+    with pytest.raises(DimensionMismatchError, match="embeds 48 dims"):
+        coll.backfill("small", old[:2], [0, 1], progress=False)
+    assert coll.models()["versions"]["default"]["count"] == N and len(coll) == N
+    coll.close()
+
+
+def test_cli_model_add_backfill_search(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray], capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = data
+    _collection(tmp_path / "c", old).close()
+    files = {}
+    for name, x in (("old", old[:PAIRS]), ("new", new[:PAIRS]), ("few", new[:150]),
+                    ("fewold", old[:150]), ("vec", new[:300]), ("q", new[N:N + 5])):
+        files[name] = tmp_path / f"{name}.npy"
+        np.save(files[name], x)
+    np.save(tmp_path / "ids.npy", np.arange(300, dtype=np.int64))
+    c = str(tmp_path / "c")
+    assert main(["model", "add", c, "--name", "v2", "--old", str(files["fewold"]),
+                 "--new", str(files["few"])]) == 1
+    assert "too few pairs" in capsys.readouterr().err
+    assert main(["model", "add", c, "--name", "v2", "--old", str(files["old"]),
+                 "--new", str(files["new"]), "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "accepted"
+    assert main(["model", "add", c, "--name", "v2", "--old", str(files["old"]),
+                 "--new", str(files["new"])]) == 0
+    capsys.readouterr()
+    assert main(["backfill", c, "--model", "v2", "--vectors", str(files["vec"]),
+                 "--ids", str(tmp_path / "ids.npy"), "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["written"] == 300 and out["models"]["v2"]["count"] == 300
+    assert main(["search", c, "--model", "v2", "--queries", str(files["q"]), "-k", "3",
+                 "--out", str(tmp_path / "ids_out.npy")]) == 0
+    assert np.load(tmp_path / "ids_out.npy").shape == (5, 3)
+    assert main(["model", "retire", c, "default"]) == 1
+    assert "still has" in capsys.readouterr().err
