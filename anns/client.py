@@ -263,6 +263,7 @@ class RemoteCollection:
         *,
         return_stats: bool = False,
         return_vectors: bool = False,
+        model: str | None = None,
         **knobs: Any,
     ) -> RemoteSearchResult:
         """As :meth:`anns.Collection.search`; ``return_vectors`` also returns each result's
@@ -272,7 +273,7 @@ class RemoteCollection:
 
         c, pb = self.client, self.client.pb
         k = check_k(k)
-        q = as_vectors(queries, self.dim, what="query")
+        q = as_vectors(queries, _model_dim(queries, self.dim, model), what="query")
         request_params = pb.SearchParams(**_wire_knobs(params, knobs))
         # ids and distances of k results, their vectors and the query's figures if asked for
         per_row = (k * (12 + (4 * self.dim if return_vectors else 0))
@@ -283,9 +284,9 @@ class RemoteCollection:
         for start in range(0, max(len(q), 1), rows):
             part = q[start:start + rows]
             resp = c.call(c.searches.Search, pb.SearchRequest(
-                collection=self.name, queries=pb.VectorBatch(data=part.tobytes(), dim=self.dim),
+                collection=self.name, queries=pb.VectorBatch(data=part.tobytes(), dim=q.shape[1]),
                 k=k, params=request_params, return_vectors=return_vectors,
-                return_stats=return_stats), idempotent=True)
+                return_stats=return_stats, model=model or ""), idempotent=True)
             ids.append(np.frombuffer(resp.ids, dtype="<i8").reshape(len(part), k))
             distances.append(np.frombuffer(resp.distances, dtype="<f4").reshape(len(part), k))
             if return_vectors:
@@ -312,14 +313,14 @@ class RemoteCollection:
         return np.concatenate(out).astype(np.float32, copy=False)
 
     # ---------------------------------------------------------------------------- writes
-    def add(self, vectors: Any, ids: Any = None) -> np.ndarray:
+    def add(self, vectors: Any, ids: Any = None, *, model: str | None = None) -> np.ndarray:
         """As :meth:`anns.Collection.add`. One atomic call when the batch fits one message,
         else a stream of atomic batches (see :meth:`ingest`). Returns the ids (int64 [n])."""
-        return self._write(vectors, ids, upsert=False)
+        return self._write(vectors, ids, upsert=False, model=model)
 
-    def upsert(self, vectors: Any, ids: Any) -> np.ndarray:
+    def upsert(self, vectors: Any, ids: Any, *, model: str | None = None) -> np.ndarray:
         """As :meth:`anns.Collection.upsert` (batching as :meth:`add`). Returns the ids."""
-        return self._write(vectors, ids, upsert=True)
+        return self._write(vectors, ids, upsert=True, model=model)
 
     def delete(self, ids: Any) -> int:
         """Delete ids (unknown ones are ignored); returns how many stored vectors were deleted."""
@@ -334,16 +335,17 @@ class RemoteCollection:
             deleted += int(resp.deleted)
         return deleted
 
-    def _write(self, vectors: Any, ids: Any, *, upsert: bool) -> np.ndarray:
+    def _write(self, vectors: Any, ids: Any, *, upsert: bool, model: str | None) -> np.ndarray:
         c, pb = self.client, self.client.pb
-        x = as_vectors(vectors, self.dim)
+        x = as_vectors(vectors, _model_dim(vectors, self.dim, model))
         id_array = None if ids is None else as_ids(ids, len(x))
         if upsert and id_array is None:
             raise errors.InvalidArgumentError("upsert needs ids")
-        if len(x) > c.rows_per_call(4 * self.dim + 8, 8):
-            return self.ingest(x, id_array, upsert=upsert)
+        if len(x) > c.rows_per_call(4 * x.shape[1] + 8, 8):
+            return self.ingest(x, id_array, upsert=upsert, model=model)
         ack = c.call(c.vectors.Upsert, pb.UpsertRequest(
-            collection=self.name, vectors=pb.VectorBatch(data=x.tobytes(), dim=self.dim),
+            collection=self.name, vectors=pb.VectorBatch(data=x.tobytes(), dim=x.shape[1]),
+            model=model or "",
             ids=b"" if id_array is None else id_array.astype("<i8").tobytes(),
             mode=pb.WRITE_MODE_UPSERT if upsert else pb.WRITE_MODE_ADD), idempotent=upsert)
         return np.frombuffer(ack.ids, dtype="<i8").astype(np.int64)
@@ -357,6 +359,7 @@ class RemoteCollection:
         batch_rows: int | None = None,
         progress: bool = False,
         timeout: float | None = None,
+        model: str | None = None,
     ) -> np.ndarray:
         """Stream vectors to the collection in batches, each written atomically and
         acknowledged once durable; returns the ids written (int64 [n]).
@@ -366,7 +369,9 @@ class RemoteCollection:
         the server). ``batch_rows``: rows per batch (default: as many as fit a message, at
         most 8 MiB). ``progress``: a progress bar of acknowledged vectors on stderr.
         ``timeout``: seconds for the whole stream (default none). On an error, the batches
-        acknowledged before it stay written; the error message says how many.
+        acknowledged before it stay written; the error message says how many. ``model``:
+        the model version that embedded the vectors (default: the current one); a backfill
+        over gRPC is an upsert stream naming it.
         """
         from tqdm import tqdm
 
@@ -380,19 +385,20 @@ class RemoteCollection:
             raise errors.InvalidArgumentError(f"got {len(id_source)} ids for {n} vectors")
         if upsert and id_source is None:
             raise errors.InvalidArgumentError("upsert needs ids")
-        row_bytes = 4 * self.dim + 8
+        dim = _model_dim(x, self.dim, model)
+        row_bytes = 4 * dim + 8
         rows = c.rows_per_call(row_bytes, 8)
         rows = min(rows, batch_rows or max(1, (8 << 20) // row_bytes))
         mode = pb.WRITE_MODE_UPSERT if upsert else pb.WRITE_MODE_ADD
 
         def requests() -> Iterator[Any]:
             for start in range(0, n, rows):
-                part = as_vectors(np.asarray(x[start:start + rows]), self.dim)
+                part = as_vectors(np.asarray(x[start:start + rows]), dim)
                 part_ids = None if id_source is None else as_ids(
                     np.asarray(id_source[start:start + rows]), len(part))
                 yield pb.UpsertRequest(
-                    collection=self.name, mode=mode,
-                    vectors=pb.VectorBatch(data=part.tobytes(), dim=self.dim),
+                    collection=self.name, mode=mode, model=model or "",
+                    vectors=pb.VectorBatch(data=part.tobytes(), dim=dim),
                     ids=b"" if part_ids is None else part_ids.astype("<i8").tobytes())
 
         written: list[np.ndarray] = [np.empty(0, np.int64)]
@@ -412,6 +418,15 @@ class RemoteCollection:
         finally:
             bar.close()
         return np.concatenate(written)
+
+
+def _model_dim(vectors: Any, base_dim: int, model: str | None) -> int:
+    """The dim to validate against locally: the base dim, or for a named model version the
+    input's own (the server checks it against the version's)."""
+    if not model:
+        return base_dim
+    shape = np.shape(vectors)
+    return int(shape[-1]) if shape else base_dim
 
 
 def _wire_knobs(params: SearchParams | None, knobs: dict[str, Any]) -> dict[str, Any]:

@@ -57,15 +57,6 @@ def to_proto_ids(ids: np.ndarray) -> bytes:
     return data
 
 
-def check_model(model: str, collection: str) -> None:
-    """Model versions come next: today every collection holds its base model only."""
-    if model:
-        raise NotFoundError(
-            f"model {model!r} is not registered in collection {collection!r} (it holds only "
-            f"its base model: leave model empty)"
-        )
-
-
 # --------------------------------------------------------------------------------- config
 def from_proto_config(msg: pb.CollectionConfig) -> IndexConfig:
     fields: dict[str, Any] = {}

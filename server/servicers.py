@@ -22,7 +22,6 @@ from anns_proto.anns.v1 import anns_pb2_grpc as rpc
 from server.config import ServerConfig
 from server.convert import (
     PER_QUERY_STATS_BYTES,
-    check_model,
     from_proto_config,
     from_proto_ids,
     from_proto_params,
@@ -114,16 +113,16 @@ class VectorsService(rpc.VectorsServicer):
         self.registry, self.limits, self.metrics = registry, limits, metrics
 
     def _write(self, coll: Collection, name: str, request: pb.UpsertRequest) -> np.ndarray:
-        check_model(request.model, name)
         x = from_proto_vectors(request.vectors)
+        model = request.model or None
         self.limits.rows(len(x), "vectors")
         ids = _ids_or_none(request.ids)
         if request.mode == pb.WRITE_MODE_ADD:
-            written = coll.add(x, ids)
+            written = coll.add(x, ids, model=model)
         elif ids is None:
             raise InvalidArgumentError("an upsert needs ids (WRITE_MODE_ADD may omit them)")
         else:
-            written = coll.upsert(x, ids)
+            written = coll.upsert(x, ids, model=model)
         self.metrics.written.inc(len(written))
         return written
 
@@ -181,10 +180,10 @@ class SearchService(rpc.SearchServicer):
         queries = from_proto_vectors(request.queries, "queries")
         knobs = from_proto_params(request.params)
         with self.registry.use(request.collection) as coll:
-            check_model(request.model, request.collection)
-            self.limits.search(len(queries), request.k, coll.dim, request.return_vectors,
-                               request.return_stats)
-            result = coll.search(queries, request.k, return_stats=True, **knobs)
+            self.limits.search(len(queries), request.k, queries.shape[1],
+                               request.return_vectors, request.return_stats)
+            result = coll.search(queries, request.k, return_stats=True,
+                                 model=request.model or None, **knobs)
             vectors = _result_vectors(coll, result.ids) if request.return_vectors else None
         stats = result.stats
         if stats is not None:
