@@ -428,8 +428,9 @@ class Collection:
             batch = self._storage.batch()
             postings = self._read_postings(np.unique(np.concatenate(old_pids)), view)
             removed = 0
+            gone_sorted = np.sort(gone)
             for pid, (pids_ids, codes) in postings.items():
-                keep = ~np.isin(pids_ids, gone)
+                keep = ~_members(pids_ids, gone_sorted)
                 removed += int((~keep).sum())
                 batch.put_posting(pid, encode_posting(pids_ids[keep], codes[keep]))
             batch.put_meta("entries", str(self._entries() - removed).encode())
@@ -654,10 +655,11 @@ class Collection:
             order = np.argsort(target, kind="stable")
             bounds = np.searchsorted(target[order], touched)
             ends = np.searchsorted(target[order], touched, side="right")
+            replaced_sorted = np.sort(replaced)  # sorted once, not once per posting (np.isin)
             for pid, a, b in zip(touched.tolist(), bounds, ends):
                 cur_ids, cur_codes = postings[pid]
                 if len(replaced):
-                    keep = ~np.isin(cur_ids, replaced)
+                    keep = ~_members(cur_ids, replaced_sorted)
                     cur_ids, cur_codes = cur_ids[keep], cur_codes[keep]
                 new_rows = rows[order[a:b]]
                 postings[pid] = (
@@ -875,3 +877,13 @@ class _ReadWriteLock:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+def _members(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for an already sorted ``sorted_set``: a binary search
+    per value instead of sorting the set again on every call (writes test each touched
+    posting against the same batch of ids)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values  # type: ignore[no-any-return]
