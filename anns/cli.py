@@ -180,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="also run DiskANN (creates its own venv on first use; minutes)")
     p.add_argument("--quick", action="store_true", help="fewer sweep points")
     p.add_argument("--systems", default=None, help="comma-separated subset of systems")
+    p.add_argument("--adaptive", action="store_true",
+                   help="anns as issue 3's variants: float32/sq8 references, rigid vs adaptive "
+                        "OPQ at equal bytes, OPQ of a prefix vs the full vector at half")
     return parser
 
 
@@ -389,7 +392,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
     run_bench(
         args.dataset, out=args.out, work=args.work, diskann=args.diskann, quick=args.quick,
-        systems=args.systems.split(",") if args.systems else None,
+        systems=args.systems.split(",") if args.systems else None, adaptive=args.adaptive,
     )
 
 

@@ -9,7 +9,10 @@ What a serving subprocess measures, and how:
   same process had after importing its libraries and loading queries and ground truth, before
   the index was loaded: what serving the index costs, not what the interpreter costs.
 * **disk reads**: ``read_bytes`` of ``/proc/self/io`` (bytes this process made the kernel fetch
-  from the block device; page-cache hits count nothing, O_DIRECT reads and mmap faults count).
+  from the block device; page-cache hits count nothing, O_DIRECT reads and mmap faults count),
+  and ``syscr`` (read system calls of every thread: with O_DIRECT each one is a device read;
+  mmap faults and asynchronous I/O are not counted, so it means something for anns only; the
+  calls that reading ``/proc/self/io`` itself makes are subtracted, see :func:`io_overhead`).
 * **cold**: :func:`drop_page_cache` evicts a directory's files from the page cache, including
   pages this process has mapped (an mmapped index), so the next access reads the device.
 * **speed and quality**: :func:`measure` runs the batch pass (all queries in one call, best of a
@@ -107,11 +110,29 @@ def anon_peak(fn: Callable[[], _T], interval: float = 0.05) -> tuple[_T, float]:
 
 def read_bytes() -> int:
     """Bytes this process has caused to be read from storage (``read_bytes`` of /proc/self/io)."""
+    return io_counters()[0]
+
+
+def io_counters() -> tuple[int, int]:
+    """(``read_bytes``, ``syscr``) of /proc/self/io: bytes read from storage and read calls."""
+    fields: dict[str, int] = {}
     with open("/proc/self/io", encoding="ascii") as fh:
         for line in fh:
-            if line.startswith("read_bytes:"):
-                return int(line.split()[1])
-    raise RuntimeError("read_bytes not found in /proc/self/io")
+            name, _, value = line.partition(":")
+            fields[name] = int(value)
+    try:
+        return fields["read_bytes"], fields["syscr"]
+    except KeyError as e:
+        raise RuntimeError(f"{e.args[0]} not found in /proc/self/io") from None
+
+
+def io_overhead(trials: int = 5) -> int:
+    """Read calls that one :func:`io_counters` call adds to the next one's ``syscr``."""
+    deltas = []
+    for _ in range(trials):
+        a, b = io_counters()[1], io_counters()[1]
+        deltas.append(b - a)
+    return min(deltas)
 
 
 def dir_bytes(path: Path) -> int:
@@ -196,6 +217,10 @@ class Measurement:
     """read_bytes delta over the single-query pass / number of queries."""
     batch_bytes_read_per_query: float
     """read_bytes delta over the fastest batch repeat / number of queries."""
+    read_calls_per_query: float
+    """Read system calls (syscr) over the single-query pass / number of queries."""
+    batch_read_calls_per_query: float
+    """Read system calls over the fastest batch repeat / number of queries."""
     batch_seconds: float
     """Wall time of the fastest batch repeat."""
     batch_repeats: int
@@ -240,35 +265,39 @@ def measure(
     for i in range(w):
         single_search(queries[i : i + 1])
     rss, anon = rss_bytes(), rss_anon_bytes()
+    overhead = io_overhead()
 
-    best_s, best_info, best_read, runs, spent = np.inf, None, 0, 0, 0.0
+    best_s, best_info, best_read, best_calls, runs, spent = np.inf, None, 0, 0, 0, 0.0
     batch_ids: np.ndarray | None = None
     while runs < max(1, repeats) and (runs == 0 or spent < batch_budget_s):
         if before_pass is not None:
             before_pass()
-        rb0 = read_bytes()
+        rb0, rc0 = io_counters()
         t0 = time.perf_counter()
         ids, info = batch_search(queries)
         elapsed = time.perf_counter() - t0
-        got = read_bytes() - rb0
+        rb1, rc1 = io_counters()
         runs, spent = runs + 1, spent + elapsed
         if elapsed < best_s:
-            best_s, best_info, best_read, batch_ids = elapsed, info, got, ids
+            best_s, best_info, batch_ids = elapsed, info, ids
+            best_read, best_calls = rb1 - rb0, max(0, rc1 - rc0 - overhead)
 
     if before_pass is not None:
         before_pass()
     lat = np.empty(ns, dtype=np.float64)
     single_ids: list[np.ndarray] = []
-    read_total = 0
+    read_total = calls_total = 0
     single_total = 0.0
     for i in range(ns):
         if before_query is not None:
             before_query()
-        rb0 = read_bytes()
+        rb0, rc0 = io_counters()
         t0 = time.perf_counter()
         ids1 = single_search(queries[i : i + 1])
         lat[i] = time.perf_counter() - t0
-        read_total += read_bytes() - rb0
+        rb1, rc1 = io_counters()
+        read_total += rb1 - rb0
+        calls_total += max(0, rc1 - rc0 - overhead)
         single_total += lat[i]
         single_ids.append(np.asarray(ids1).reshape(-1))
     found = np.stack([row[:10] for row in single_ids])
@@ -288,6 +317,8 @@ def measure(
         p99_ms=float(np.percentile(lat, 99) * 1e3),
         bytes_read_per_query=read_total / ns,
         batch_bytes_read_per_query=best_read / nq,
+        read_calls_per_query=calls_total / ns,
+        batch_read_calls_per_query=best_calls / nq,
         batch_seconds=float(best_s),
         batch_repeats=runs,
         single_queries=ns,
@@ -327,6 +358,8 @@ def make_row(
         "bytes_read_per_query": round(m.bytes_read_per_query, 1),
         "rss_anon_serving_mb": round((m.rss_anon_bytes - baseline_anon) / MB, 1),
         "batch_bytes_read_per_query": round(m.batch_bytes_read_per_query, 1),
+        "read_calls_per_query": round(m.read_calls_per_query, 2),
+        "batch_read_calls_per_query": round(m.batch_read_calls_per_query, 2),
         "batch_repeats": m.batch_repeats,
         "single_queries": m.single_queries,
         "loadavg_1m": round(load1, 2),

@@ -12,6 +12,14 @@ and ``diskann`` (only with ``diskann=True`` or when named in ``systems``): its o
 (:func:`bench.diskann_venv.ensure_venv`) runs ``bench/diskann_runner.py build`` and
 ``search`` (warm and ``--cold``), each printing JSON.
 
+With ``adaptive=True`` (``anns bench --adaptive``) anns runs as several builds at once
+(:func:`bench.variants.adaptive_variants`: float32 and sq8 references, rigid and adaptive OPQ at
+equal bytes, OPQ of the full vector and of a prefix at half the bytes), and the run ends with
+issue 3's summary (:mod:`bench.targets`), also written beside the JSON as ``.summary.md``.
+Whenever anns is benchmarked, the device's random-read rate is measured first and (full runs)
+again last (:mod:`bench.disk`, rows with system "disk": on a shared VM the rate moves with the
+load).
+
 Subprocesses run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it (see
 :data:`OMP_WAIT_POLICY`); every row records the policy and the machine's load average. Timing
 claims are ratios within one run: these machines are shared and noisy.
@@ -33,7 +41,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import anns_peer, faiss_peers, harness
+from bench import anns_peer, disk, faiss_peers, harness, targets
+from bench.targets import best_at, pareto
+from bench.variants import AnnsVariant, adaptive_variants, tuned_sweep
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OUT_DIR = REPO_ROOT / "bench" / "out"
@@ -60,7 +70,8 @@ def run_bench(
     quick: bool = False,
     systems: list[str] | None = None,
     *,
-    anns_configs: Sequence[dict[str, Any]] | None = None,
+    adaptive: bool = False,
+    anns_configs: Sequence[dict[str, Any] | AnnsVariant] | None = None,
     block_cache_bytes: int = anns_peer.DEFAULT_BLOCK_CACHE,
     threads: int = 2,
 ) -> list[dict[str, Any]]:
@@ -69,9 +80,11 @@ def run_bench(
     ``out``: JSON file (default ``bench/out/<dataset dir name>.json``; the PNG goes beside it).
     ``work``: where indexes are built (kept); default a temporary directory under
     ``bench/out/work`` removed at the end. ``systems``: a subset of :data:`ALL_SYSTEMS`
-    (default all but diskann; ``diskann=True`` adds it). ``anns_configs``: IndexConfig field
-    dicts, one anns build per dict (default one build with the library defaults); rows of
-    several builds carry a ``variant`` label. ``block_cache_bytes``: anns's RocksDB block
+    (default all but diskann; ``diskann=True`` adds it). ``adaptive``: anns as the issue-3
+    variants (overrides ``anns_configs``). ``anns_configs``: one anns build per item, an
+    IndexConfig field dict or an :class:`AnnsVariant` (default one build with the library
+    defaults); rows of several builds carry a ``variant`` label (a dict's is made of its
+    fields). ``block_cache_bytes``: anns's RocksDB block
     cache while serving. ``threads``: OpenMP threads of faiss (anns's routing and scans, and
     the faiss peers).
     """
@@ -90,10 +103,17 @@ def run_bench(
     n, d = ds.base().shape
     harness.log(f"dataset {name}: n={n} d={d} q={len(ds.queries)} metric={ds.metric}; "
                 f"systems {', '.join(selected)}; work dir {work}")
+    if adaptive:
+        anns_configs, dims = adaptive_variants(ds.base(), ds.metric, quick)
+        harness.log(f"variants: {', '.join(a.label for a in anns_configs)}; {dims}")
 
     rows: list[dict[str, Any]] = []
     durations: dict[str, float] = {}
     try:
+        if "anns" in selected:
+            t0 = time.perf_counter()
+            rows.append({**disk.measure(work, seconds=2.0 if quick else 3.0), "when": "start"})
+            durations["disk"] = time.perf_counter() - t0
         for system in selected:
             t0 = time.perf_counter()
             if system == "anns":
@@ -104,6 +124,10 @@ def run_bench(
                 rows += _run_faiss(system, dataset, work, n, quick, threads)
             durations[system] = time.perf_counter() - t0
             harness.log(f"{system} done in {durations[system]:.0f}s")
+        if "anns" in selected and not quick:  # the device's rate moves with the machine's load
+            t0 = time.perf_counter()
+            rows.append({**disk.measure(work, seconds=3.0), "when": "end"})
+            durations["disk"] += time.perf_counter() - t0
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -111,15 +135,32 @@ def run_bench(
         row["dataset"] = name
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1) + "\n")
+    out.write_text(json.dumps(_finite(rows), indent=1) + "\n")
     png = out.with_suffix(".png")
     title = f"{name} (n={n}, d={d}, {len(ds.queries)} queries, {threads} threads)"
-    plotted = _plot(rows, png, title)
-    sys.stderr.write(_table(rows) + "\n\n" + _summary(rows) + "\n\n")
+    measured = [r for r in rows if r["system"] != disk.SYSTEM]
+    plotted = _plot(measured, png, title)
+    sys.stderr.write(_table(measured) + "\n\n" + _summary(measured) + "\n\n")
+    issue3 = targets.report(rows)
+    if issue3:
+        sys.stderr.write(issue3 + "\n")
+        out.with_suffix(".summary.md").write_text(issue3 + "\n")
     times = ", ".join(f"{s} {t:.0f}s" for s, t in durations.items())
     sys.stderr.write(f"wall time: {time.perf_counter() - started:.0f}s ({times})\n")
     sys.stderr.write(f"rows: {out}\n" + (f"plot: {png}\n" if plotted else ""))
     return rows
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with non-finite floats as strings ("inf"): eps2 may be infinite, and JSON
+    readers other than Python's reject Infinity."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(x) for k, x in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(x) for x in obj]
+    return obj
 
 
 def _select(systems: list[str] | None, diskann: bool) -> list[str]:
@@ -173,26 +214,44 @@ def merge_build(rows: list[dict[str, Any]], build: dict[str, Any]) -> list[dict[
     return rows
 
 
+def _as_variant(item: dict[str, Any] | AnnsVariant) -> AnnsVariant:
+    if isinstance(item, AnnsVariant):
+        return item
+    label = ",".join(f"{k}={v}" for k, v in item.items()) or "default"
+    return AnnsVariant(label, dict(item))
+
+
 def _run_anns(
-    dataset: Path, work: Path, quick: bool, configs: Sequence[dict[str, Any]] | None,
-    block_cache: int, threads: int,
+    dataset: Path, work: Path, quick: bool,
+    configs: Sequence[dict[str, Any] | AnnsVariant] | None, block_cache: int, threads: int,
 ) -> list[dict[str, Any]]:
-    configs = list(configs) if configs else [{}]
+    variants = [_as_variant(c) for c in configs] if configs else [AnnsVariant("default", {})]
+    labelled = len(variants) > 1
     rows: list[dict[str, Any]] = []
     py = [sys.executable, "-m", "bench.anns_peer"]
-    for i, config in enumerate(configs):
-        index_dir = work / (f"anns-{i}" if len(configs) > 1 else "anns")
+    for i, variant in enumerate(variants):
+        index_dir = work / (f"anns-{i}" if labelled else "anns")
         common = ["--dataset", str(dataset), "--index-dir", str(index_dir),
-                  "--threads", str(threads)]
-        (build,) = run_child([*py, "build", *common, "--config", json.dumps(config)])
-        harness.log(f"anns build: {build['summary']}")
-        variant = (",".join(f"{k}={v}" for k, v in config.items()) or "default"
-                   ) if len(configs) > 1 else None
-        serve = [*py, "serve", *common, "--sweep", json.dumps(anns_peer.default_sweep(quick)),
-                 "--block-cache-bytes", str(block_cache)]
-        if variant:
-            serve += ["--variant", variant]
-        rows += merge_build(run_child(serve), build)
+                  "--threads", str(threads), "--block-cache-bytes", str(block_cache)]
+        build_cmd = [*py, "build", *common, "--config", json.dumps(variant.config)]
+        if variant.tune_recall is not None:
+            build_cmd += ["--tune", str(variant.tune_recall)]
+        t0 = time.perf_counter()
+        (build,) = run_child(build_cmd)
+        harness.log(f"anns build{f' [{variant.label}]' if labelled else ''}: "
+                    f"{build['summary']} ({time.perf_counter() - t0:.0f}s with tuning)")
+        sweep = list(variant.sweep) or anns_peer.default_sweep(quick)
+        if "tune" in build:
+            sweep = tuned_sweep(build["tune"]["params"]) + sweep
+        serve = [*py, "serve", *common, "--sweep", json.dumps(sweep)]
+        if labelled:
+            serve += ["--variant", variant.label]
+        served = merge_build(run_child(serve), build)
+        for row in served:
+            if "tune" in build:
+                row["tune"] = build["tune"]
+            row["build_prefix_energy"] = build.get("prefix_energy")
+        rows += served
     return rows
 
 
@@ -235,14 +294,7 @@ def _run_diskann(dataset: Path, work: Path, quick: bool) -> list[dict[str, Any]]
 
 
 # ------------------------------------------------------------------------------- reporting
-def _series(row: dict[str, Any]) -> str:
-    """The line a row belongs to in the plot and the summary."""
-    label = str(row["system"])
-    if row.get("variant"):
-        label += f"[{row['variant']}]"
-    if row.get("cold"):
-        label += " cold"
-    return label
+_series = targets.series
 
 
 def _knobs(row: dict[str, Any]) -> str:
@@ -272,12 +324,6 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"{_fmt(r['build_s'], '7.1f')} {_fmt((r['disk_bytes'] or 0) / harness.MB, '7.1f')}"
         )
     return "\n".join(lines)
-
-
-def best_at(rows: list[dict[str, Any]], target: float, key: str) -> dict[str, Any] | None:
-    """The row with the highest ``key`` among rows with recall@10 >= target, if any."""
-    ok = [r for r in rows if r["recall@10"] >= target and r.get(key)]
-    return max(ok, key=lambda r: r[key]) if ok else None
 
 
 def _summary(rows: list[dict[str, Any]]) -> str:
@@ -318,15 +364,6 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> str:
     return f"{a[key] / b[key]:.2f}"
 
 
-def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(recall, qps) points not beaten on both by another point, by increasing recall."""
-    front: list[tuple[float, float]] = []
-    for recall, qps in sorted(points, key=lambda p: (-p[0], -p[1])):
-        if not front or qps > front[-1][1]:
-            front.append((recall, qps))
-    return front[::-1]
-
-
 def _plot(rows: list[dict[str, Any]], png: Path, title: str) -> bool:
     try:
         import matplotlib
@@ -338,14 +375,14 @@ def _plot(rows: list[dict[str, Any]], png: Path, title: str) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
     series = sorted({_series(r) for r in rows}, key=lambda s: (not s.startswith("anns"), s))
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab20")
     for ax, key, label in ((axes[0], "qps_batch", "batch QPS (all queries in one call)"),
                            (axes[1], "qps_single", "single-query QPS (one query per call)")):
         for i, s in enumerate(series):
             pts = [(r["recall@10"], r[key]) for r in rows if _series(r) == s and r.get(key)]
             if not pts:
                 continue
-            c = colors(i % 10)
+            c = colors(i % 20)
             ax.scatter(*zip(*pts), color=c, s=10, alpha=0.35)
             front = pareto(pts)
             ax.plot(*zip(*front), marker="o", ms=4, color=c, label=s,
