@@ -124,3 +124,33 @@ def test_new_collections_are_format_3(tmp_path: Path, small: tuple[np.ndarray, n
     for name in ("built", "created"):
         marker = json.loads((tmp_path / name / "ANNS_COLLECTION").read_text())
         assert marker["format_version"] == 3
+
+
+def test_registering_a_model_upgrades_a_format_1_collection_to_format_3(
+    v1: Path, expected: dict[str, np.ndarray]
+) -> None:
+    vectors, queries = expected["vectors"], expected["queries"]
+    rng = np.random.default_rng(3)
+    rotation, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    # the new model: a rotation of the old one, slightly noisy
+    new = (vectors @ rotation + 0.01 * rng.standard_normal(vectors.shape)).astype(np.float32)
+    with anns.Collection.open(v1) as coll:
+        coll.add_model("v2", vectors, new, current=False)
+        assert coll.info()["format_version"] == 3
+        # the base model answers exactly as format 1 did
+        result = coll.search(queries, 5, RECORDED)
+        np.testing.assert_array_equal(result.ids, expected["ids"])
+        # queries of the new model find the same neighbours among the old vectors
+        mapped = (queries @ rotation).astype(np.float32)
+        by_new = coll.search(mapped, 5, RECORDED, model="v2")
+        overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(by_new.ids, expected["ids"])])
+        assert overlap >= 0.9
+    marker = json.loads((v1 / "ANNS_COLLECTION").read_text())
+    assert marker["format_version"] == 3
+    with anns.Collection.open(v1) as coll:  # and it reopens as format 3, both models intact
+        assert coll.info()["format_version"] == 3
+        models = coll.models()
+        assert models["current"] == "default" and set(models["versions"]) == {"default", "v2"}
+        assert models["versions"]["default"]["count"] == 300
+        assert models["versions"]["v2"]["count"] == 0 and models["versions"]["v2"]["dim"] == 16
+        np.testing.assert_array_equal(coll.search(queries, 5, RECORDED).ids, expected["ids"])
