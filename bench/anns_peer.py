@@ -205,7 +205,8 @@ def serve(
             }
             if variant:
                 extra["variant"] = variant
-            harness.emit(harness.make_row(SYSTEM, row_params, m, baseline, baseline_anon, **extra))
+            harness.emit(harness.make_row(SYSTEM, row_params, m, baseline, baseline_anon,
+                                          read_calls=True, **extra))
             harness.log(f"anns {point}: recall@10 {m.recall10:.4f} batch {m.qps_batch:.0f} qps, "
                         f"single {m.qps_single:.0f} qps, "
                         f"{stats.postings_probed / q:.1f} postings/query")

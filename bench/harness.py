@@ -334,6 +334,7 @@ def make_row(
     m: Measurement,
     baseline_rss: int,
     baseline_anon: int,
+    read_calls: bool = False,
     **extra: Any,
 ) -> dict[str, Any]:
     """A benchmark row (DESIGN.md section 6) from a measurement of a serving process.
@@ -341,6 +342,8 @@ def make_row(
     ``build_s`` and ``disk_bytes`` are left None here; the parent fills them from the build
     subprocess. Extra keys (``cold``, ``profile``, ...) are appended after the schema keys;
     ``loadavg_1m`` (the machine's load when the row was written) tells how noisy it was.
+    ``read_calls``: also report read calls per query (for a system whose reads are read system
+    calls: anns under O_DIRECT; an mmapped index faults pages in without any).
     """
     load1 = os.getloadavg()[0]
     row: dict[str, Any] = {
@@ -358,13 +361,14 @@ def make_row(
         "bytes_read_per_query": round(m.bytes_read_per_query, 1),
         "rss_anon_serving_mb": round((m.rss_anon_bytes - baseline_anon) / MB, 1),
         "batch_bytes_read_per_query": round(m.batch_bytes_read_per_query, 1),
-        "read_calls_per_query": round(m.read_calls_per_query, 2),
-        "batch_read_calls_per_query": round(m.batch_read_calls_per_query, 2),
         "batch_repeats": m.batch_repeats,
         "single_queries": m.single_queries,
         "loadavg_1m": round(load1, 2),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
+    if read_calls:
+        row["read_calls_per_query"] = round(m.read_calls_per_query, 2)
+        row["batch_read_calls_per_query"] = round(m.batch_read_calls_per_query, 2)
     row.update(extra)
     return row
 

@@ -382,7 +382,7 @@ def _plot(rows: list[dict[str, Any]], png: Path, title: str) -> bool:
             pts = [(r["recall@10"], r[key]) for r in rows if _series(r) == s and r.get(key)]
             if not pts:
                 continue
-            c = colors(i % 20)
+            c = colors((2 * i) % 20 + (2 * i // 20) % 2)  # the dark shades first, then light
             ax.scatter(*zip(*pts), color=c, s=10, alpha=0.35)
             front = pareto(pts)
             ax.plot(*zip(*front), marker="o", ms=4, color=c, label=s,
