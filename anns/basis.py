@@ -19,15 +19,13 @@ Stored with the collection as a versioned blob (:meth:`Basis.to_bytes`).
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from typing import Literal
 
 import numpy as np
 
 from anns.config import IndexConfig, Metric
 from anns.errors import CorruptCollectionError
+from anns.formats import pack_arrays, unpack_arrays
 
 BasisKind = Literal["identity", "pca"]
 
@@ -112,29 +110,16 @@ class Basis:
 
     # --------------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
-        header = json.dumps({"format": BASIS_FORMAT, "kind": self.kind, "dim": self.dim})
-        buf = io.BytesIO()
-        np.savez(
-            buf,
-            header=np.frombuffer(header.encode(), dtype=np.uint8),
+        return pack_arrays(
+            {"format": BASIS_FORMAT, "kind": self.kind, "dim": self.dim},
             energy=self.energy.astype(np.float64),
             matrix=self.matrix if self.matrix is not None else np.empty((0, 0), np.float32),
         )
-        return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> Basis:
-        try:
-            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                energy, matrix = z["energy"], z["matrix"]
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise CorruptCollectionError(f"the stored basis cannot be read: {e!r}") from e
-        if header.get("format") != BASIS_FORMAT:
-            raise CorruptCollectionError(
-                f"the stored basis has format {header.get('format')}; this version of anns "
-                f"reads format {BASIS_FORMAT}"
-            )
+        header, arrays = unpack_arrays(blob, "basis", BASIS_FORMAT, ("energy", "matrix"))
+        energy, matrix = arrays["energy"], arrays["matrix"]
         kind, dim = header["kind"], int(header["dim"])
         if kind == "identity":
             return cls("identity", dim, None, energy)

@@ -50,9 +50,6 @@ the learning curve).
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -68,6 +65,7 @@ from anns.errors import (
     NonFiniteError,
 )
 from anns.evaluation import exact_knn
+from anns.formats import pack_arrays, unpack_arrays
 
 Method = Literal["bt2", "procrustes", "ridge"]
 
@@ -130,28 +128,17 @@ class ModelTransform:
 
     # --------------------------------------------------------------------- persistence
     def to_bytes(self) -> bytes:
-        header = json.dumps({
-            "format": TRANSFORM_FORMAT, "method": self.method, "metric": self.metric,
-            "old_dim": self.old_dim, "new_dim": self.new_dim,
-        })
-        buf = io.BytesIO()
-        np.savez(buf, header=np.frombuffer(header.encode(), dtype=np.uint8),
-                 matrix=self.matrix, offset=self.offset)
-        return buf.getvalue()
+        return pack_arrays(
+            {"format": TRANSFORM_FORMAT, "method": self.method, "metric": self.metric,
+             "old_dim": self.old_dim, "new_dim": self.new_dim},
+            matrix=self.matrix, offset=self.offset,
+        )
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ModelTransform:
-        try:
-            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-                header = json.loads(bytes(z["header"]).decode())
-                matrix, offset = z["matrix"], z["offset"]
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise CorruptCollectionError(f"the stored model transform cannot be read: {e!r}") from e
-        if header.get("format") != TRANSFORM_FORMAT:
-            raise CorruptCollectionError(
-                f"the stored model transform has format {header.get('format')}; this version "
-                f"of anns reads format {TRANSFORM_FORMAT}"
-            )
+        header, arrays = unpack_arrays(
+            blob, "model transform", TRANSFORM_FORMAT, ("matrix", "offset"))
+        matrix, offset = arrays["matrix"], arrays["offset"]
         old_dim, new_dim = int(header["old_dim"]), int(header["new_dim"])
         if matrix.ndim != 2 or matrix.shape[0] != new_dim or matrix.shape[1] < old_dim \
                 or offset.shape != (old_dim,):

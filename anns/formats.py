@@ -6,13 +6,16 @@ whoever slices the returned array (bulk jobs take them in bounded chunks).
 
 from __future__ import annotations
 
+import io
+import json
 import mmap
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from anns.errors import InputFormatError, NotFoundError
+from anns.errors import CorruptCollectionError, InputFormatError, NotFoundError
 
 SUPPORTED = (".npy", ".fvecs")
 
@@ -108,3 +111,31 @@ def drop_resident_pages(arr: np.ndarray) -> None:
                 pass
             return
         base = getattr(base, "base", None)
+
+
+# ------------------------------------------------------------------ stored numpy blobs
+def pack_arrays(header: dict[str, object], **arrays: np.ndarray) -> bytes:
+    """A versioned blob of named arrays (an ``.npz`` with a JSON header), for meta values
+    such as the collection basis or a model transform."""
+    buf = io.BytesIO()
+    np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def unpack_arrays(
+    blob: bytes, what: str, fmt: int, names: tuple[str, ...]
+) -> tuple[dict[str, object], dict[str, np.ndarray]]:
+    """(header, arrays) of a :func:`pack_arrays` blob of format ``fmt``; CorruptCollectionError
+    naming ``what`` when it is unreadable, of another format or lacks one of ``names``."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+            header = json.loads(bytes(z["header"]).decode())
+            arrays = {name: z[name] for name in names}
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise CorruptCollectionError(f"the stored {what} cannot be read: {e!r}") from e
+    if header.get("format") != fmt:
+        raise CorruptCollectionError(
+            f"the stored {what} has format {header.get('format')}; this version of anns reads "
+            f"format {fmt}"
+        )
+    return header, arrays
