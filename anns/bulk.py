@@ -149,9 +149,11 @@ def _resolve_config(config: IndexConfig | dict[str, Any] | None, dim: int) -> In
 
 class _Builder:
     def __init__(
-        self, store: Storage, cfg: IndexConfig, x: np.ndarray, ids: np.ndarray, progress: bool
+        self, store: Storage, cfg: IndexConfig, x: np.ndarray, ids: np.ndarray, progress: bool,
+        version: int = 0,
     ) -> None:
         self.store, self.cfg, self.x, self.ids = store, cfg, x, ids
+        self.version = version  # the model version index the vectors are stored under
         self.n, self.dim = x.shape
         self.chunk = max(1, CHUNK_BYTES // (4 * self.dim))
         # None lets tqdm draw only on a terminal: piped stderr (logs, CI) gets no bar frames
@@ -333,9 +335,10 @@ class _Builder:
         batch, pending = self.store.batch(), 0
         for s, block in self._chunks("write vectors"):
             ids = self.ids[s : s + len(block)]
-            batch.put_vectors(ids, block)
+            batch.put_vectors(ids, block, self.version)
             for i, vid in enumerate(ids.tolist()):
-                batch.put_record(vid, encode_record(held[bounds[s + i] : bounds[s + i + 1]]))
+                batch.put_record(vid, encode_record(held[bounds[s + i] : bounds[s + i + 1]],
+                                                    version=self.version))
             pending += block.nbytes
             if pending >= BATCH_BYTES:
                 self._bulk_write(batch)

@@ -112,8 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     m = msub.add_parser("add", help="register a new model version from paired embeddings")
     m.add_argument("dir", type=Path)
     m.add_argument("--name", required=True)
-    m.add_argument("--old", required=True, type=Path, help="pairs embedded by the base model")
+    m.add_argument("--old", required=True, type=Path,
+                   help="pairs embedded by the current model (or --against's)")
     m.add_argument("--new", required=True, type=Path, help="the same items, new model")
+    m.add_argument("--against", help="the registered version that embedded --old "
+                                     "(default: the current one)")
     m.add_argument("--dry-run", action="store_true", help="fit and report; change nothing")
     m.add_argument("--force", action="store_true", help="register though the gate refuses")
     m.add_argument("--no-current", action="store_true",
@@ -124,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     m = msub.add_parser("retire", help="retire a model version no stored vector uses")
     m.add_argument("dir", type=Path)
     m.add_argument("name")
+    m = msub.add_parser("rebase", help="rebuild routing and codes in the space of the only "
+                                       "model version left (after backfill and retire)")
+    m.add_argument("dir", type=Path)
 
     p = sub.add_parser("backfill", help="re-store items under a model version (resumable)")
     p.add_argument("dir", type=Path)
@@ -289,8 +295,12 @@ def _cmd_model(args: argparse.Namespace) -> None:
         if args.model_command == "add":
             report = coll.add_model(
                 args.name, np.asarray(open_matrix(args.old)), np.asarray(open_matrix(args.new)),
-                force=args.force, dry_run=args.dry_run, current=not args.no_current)
+                force=args.force, dry_run=args.dry_run, current=not args.no_current,
+                against=args.against)
             print(json.dumps({"dry_run": args.dry_run, **report.to_dict()}))
+            return
+        if args.model_command == "rebase":
+            print(json.dumps(coll.rebase().to_dict() | {"models": coll.models()}))
             return
         if args.model_command == "current":
             coll.set_current(args.name)

@@ -8,15 +8,15 @@ once and writers swap in a new one after their batch is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,10 @@ from anns.tuning import (
     tune,
 )
 from anns.vectors import as_ids, as_vectors, check_k, prefix
+
+if TYPE_CHECKING:
+    from anns.backfill import BackfillReport
+    from anns.rebase import RebaseReport
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +232,27 @@ class Collection:
         self._check_open()
         k = check_k(k)
         params = self._resolve_params(params, knobs)
-        version = self._models.get(model)
-        q = as_vectors(queries, version.dim, metric=self.config.metric, what="query")
+        q = as_vectors(queries, self._models.get(model).dim, metric=self.config.metric,
+                       what="query")
         with self._commit.read():  # one state: the router and postings of the same write
             view = self._view
             if view is None:
                 raise EmptyCollectionError(
                     f"collection at {self.path} is empty: nothing to search"
                 )
+            # the version as of this view (a rebase moves its map with the routing)
+            version = (view.models or self._models).get(model)
             ids, distances, stats = search(view, q, k, params, version)
         return SearchResult(ids, distances, stats if return_stats else None)
+
+    def _search_space(self, queries: np.ndarray, k: int, params: SearchParams) -> SearchResult:
+        """:meth:`search` for queries already in collection space (float32 [q, dim]), scored
+        as the base model's: what tuning measures, whichever model versions are stored."""
+        with self._commit.read():
+            view = self._require_view()
+            space = dataclasses.replace(view, basis=Basis.identity(view.dim))
+            ids, distances, _ = search(space, queries, k, params)
+        return SearchResult(ids, distances)
 
     def _resolve_params(self, params: SearchParams | None, knobs: dict[str, Any]) -> SearchParams:
         """The knobs of one search. A SearchParams given is used as is; without one, the
@@ -271,7 +286,7 @@ class Collection:
 
     def profiles(self) -> dict[float, dict[str, Any]]:
         """Tuned search profiles by recall target (see :meth:`tune`)."""
-        return {t: asdict(p) for t, p in sorted(self._profiles.items())}
+        return {t: dataclasses.asdict(p) for t, p in sorted(self._profiles.items())}
 
     def tune(self, recall: float, **options: Any) -> TuneReport:
         """Measure and store the fastest search knobs reaching ``recall``@k on held-out
@@ -460,11 +475,13 @@ class Collection:
         dry_run: bool = False,
         current: bool = True,
         seed: int = 0,
+        against: str | None = None,
     ) -> CompatReport:
         """Register a new embedding model version from paired embeddings.
 
-        ``old_pairs`` float [n, dim] (the base model) and ``new_pairs`` float [n, new_dim]
-        (the new model) embed the same n items, row by row. Fits the new model's transform
+        ``old_pairs`` float [n, dim of ``against``] (a registered version, default the
+        current one) and ``new_pairs`` float [n, new_dim] (the new model) embed the same n
+        items, row by row. Fits the new model's transform
         into collection space and its score calibration (:mod:`anns.compat`,
         :mod:`anns.models`) and runs the quality gate: IncompatibleModelError with the
         reasons and the figures when it refuses, unless ``force``. ``dry_run`` fits and
@@ -483,15 +500,15 @@ class Collection:
             if self._models.next_index > MAX_MODEL_VERSIONS:
                 raise LimitExceededError(f"a collection holds at most {MAX_MODEL_VERSIONS} "
                                          f"model versions over its life")
-            base = self._models.get(BASE)
-            old = as_vectors(old_pairs, base.dim, metric=self.config.metric, what="old pairs")
+            ref = self._models.get(against)
+            old = as_vectors(old_pairs, ref.dim, metric=self.config.metric, what="old pairs")
             new = np.asarray(new_pairs)
             if new.ndim != 2 or len(new) != len(old):
                 raise InvalidArgumentError(
                     f"paired embeddings must have the same rows: {len(old)} old, "
                     f"{len(new) if new.ndim else 0} new (shape {new.shape})")
             new = as_vectors(new, new.shape[1], metric=self.config.metric, what="new pairs")
-            old = view.basis.apply(old)  # fitted straight into collection space
+            old = ref.base_image(old, view.basis)  # fitted straight into collection space
             transform, report = fit_model_transform(
                 old, new, self.config.metric, seed=seed, force=force, check=not dry_run)
             if dry_run:
@@ -526,8 +543,8 @@ class Collection:
     def retire(self, name: str) -> None:
         """Remove a model version no stored vector uses any more; its queries and writes are
         then refused. Refuses (FailedPreconditionError) while vectors of it remain or while
-        it is current. The base model's space stays the collection space (routing and codes
-        read its dims), so retiring it only retires its queries and writes."""
+        it is current. Retiring the base model retires its queries and writes; its space stays
+        the collection space (routing and codes read its dims) until :meth:`rebase`."""
         self._check_writable()
         with self._lock:
             self._check_open()
@@ -556,7 +573,7 @@ class Collection:
         batch_rows: int | None = None,
         progress: bool | None = None,
         on_batch: Any = None,
-    ) -> Any:
+    ) -> BackfillReport:
         """Re-store items under model version ``model``: ``vectors`` float [n, model dim]
         (numpy or memory-mapped) embedded by it, ``ids`` int64 [n] unique (ids not stored are
         added). Upserts in atomic batches of ``batch_rows``, each with a checkpoint, so a
@@ -569,6 +586,33 @@ class Collection:
         self._check_writable()
         return backfill(self, model, vectors, ids, batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
                         progress=progress, on_batch=on_batch)
+
+    def rebase(self, *, seed: int | None = None) -> RebaseReport:
+        """Rebuild the collection space, routing and codes in the space of its only model
+        version, once every vector was backfilled under it and the base model retired: the
+        new model's extra dims then count in routing and the scan too, not only in the
+        rerank. FailedPreconditionError while another version is registered. Searches
+        answer throughout (on the old state until the new one lands, atomically); writes
+        wait. Drops tuned profiles. Returns a RebaseReport (see :mod:`anns.rebase`).
+        """
+        from anns.rebase import rebase
+
+        self._check_writable()
+        with self._lock:
+            self._check_open()
+            return rebase(self, seed=seed)
+
+    def _swap_space(self, batch: Batch, config: IndexConfig, basis: Basis, router: Router,
+                    codec: Codec, models: Models, *, entries: int) -> None:
+        """Write ``batch`` (a rebuilt space: every vector, posting and record) and swap in
+        the config, models and a view of the new space at once (writer lock held)."""
+        view = self._make_view(basis, router, codec, entries=entries, models=models,
+                               config=config)
+        with self._commit.write():
+            self._storage.write(batch)
+            self.config, self._view, self._models = config, view, models
+            self._profiles, self._default_profile = {}, None
+        release_freed_heap()
 
     def _set_meta(self, name: str, value: bytes) -> None:
         with self._lock:
@@ -812,11 +856,11 @@ class Collection:
 
     def _make_view(
         self, basis: Basis, router: Router, codec: Codec, entries: int | None = None,
-        models: Models | None = None,
+        models: Models | None = None, config: IndexConfig | None = None,
     ) -> ReadView:
         entries = self._entries() if entries is None else entries
         mean_len = max(1.0, entries / max(router.size, 1))
-        cfg = self.config
+        cfg = config or self.config
         return ReadView(
             self._storage, router, codec, cfg.metric, cfg.dim,
             posting_bytes=mean_len * (8 + codec.code_size), replica_cap=cfg.replica_cap,

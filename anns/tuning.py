@@ -152,7 +152,7 @@ def tune(
                 f"{coll.dim}; got {bad}"
             )
     t0 = time.perf_counter()
-    raw_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
+    space_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
     truth_seconds = time.perf_counter() - t0
 
     def measure(params: SearchParams, timing: Objective = "batch", repeats: int = 1) -> TunePoint:
@@ -161,15 +161,15 @@ def tune(
         for _ in range(repeats):
             t = time.perf_counter()
             if timing == "batch":
-                found = coll.search(raw_queries, k + 1, params).ids
-                n = len(raw_queries)
+                found = coll._search_space(space_queries, k + 1, params).ids
+                n = len(space_queries)
             else:  # latency: one query per call, on up to SINGLE_QUERIES of them
-                n = min(len(raw_queries), SINGLE_QUERIES)
+                n = min(len(space_queries), SINGLE_QUERIES)
                 for i in range(n):
-                    coll.search(raw_queries[i : i + 1], k + 1, params)
+                    coll._search_space(space_queries[i : i + 1], k + 1, params)
             best = min(best, time.perf_counter() - t)
         if timing != "batch":
-            found = coll.search(raw_queries, k + 1, params).ids  # results do not depend on it
+            found = coll._search_space(space_queries, k + 1, params).ids  # same results
         got = _drop_self(found, self_ids, k)
         mean = _recall(got, truth)
         lower = mean - math.sqrt(max(mean * (1 - mean), 0.0) / truth.size)
@@ -195,7 +195,7 @@ def tune(
         coll.recode(d_scan=d_scan)
     profile = Profile(
         target_recall=recall, params=winner.params, recall=winner.recall, qps=winner.qps,
-        objective=objective, queries=len(raw_queries), k=k, d_scan=d_scan,
+        objective=objective, queries=len(space_queries), k=k, d_scan=d_scan,
     )
     if store:
         coll._store_profile(profile)
@@ -279,7 +279,9 @@ def _knobs(params: SearchParams) -> dict[str, Any]:
 def _held_out(
     coll: Collection, n: int, k: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``n`` stored vectors as raw queries, their ids, and their exact k nearest other ids."""
+    """``n`` stored vectors as queries in collection space (searched by
+    :meth:`Collection._search_space`, whatever model versions the collection holds), their
+    ids, and their exact k nearest other ids."""
     view = coll._require_view()
     storage, dim, metric = coll._storage, coll.dim, coll.config.metric
     rng = np.random.default_rng(seed)
@@ -294,7 +296,7 @@ def _held_out(
         heap.add_result(d, np.where(i >= 0, chunk_ids[np.maximum(i, 0)], -1))
     heap.finalize()
     truth = _drop_self(heap.I, self_ids, k)
-    return view.basis.invert(queries), self_ids, truth
+    return queries, self_ids, truth
 
 
 def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,84 @@ def test_cli_model_add_backfill_search(
     assert np.load(tmp_path / "ids_out.npy").shape == (5, 3)
     assert main(["model", "retire", c, "default"]) == 1
     assert "still has" in capsys.readouterr().err
+    assert main(["model", "rebase", c]) == 1
+    assert "exactly one registered model version" in capsys.readouterr().err
+
+
+def test_rebase_moves_routing_and_codes_into_the_new_space_online(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    old, new = data
+    coll = _collection(tmp_path / "c", old)
+    with pytest.raises(FailedPreconditionError, match="nothing to rebase"):
+        coll.rebase()
+    coll.add_model("v2", old[:PAIRS], new[:PAIRS])
+    coll.backfill("v2", new[:N], np.arange(N), progress=False)
+    with pytest.raises(FailedPreconditionError, match="exactly one registered"):
+        coll.rebase()  # the base model is still registered
+    coll.retire("default")
+    t = coll._models.get("v2").transform
+    assert t is not None
+    queries = new[N:]
+    truth = exact_knn(t.apply(new[:N]), t.apply(queries), 10, "l2")[0]
+    before = _recall(coll.search(queries, 10, max_postings=2).ids, truth)
+
+    # searches keep answering while the space is rebuilt, each on one whole state
+    stop, answers, errors = threading.Event(), [], []
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            try:
+                answers.append(coll.search(queries, 10, max_postings=2).ids)
+            except Exception as e:  # noqa: BLE001 - any failure fails the test below
+                errors.append(e)
+
+    reader = threading.Thread(target=search_loop)
+    reader.start()
+    try:
+        while not answers:
+            time.sleep(0.01)
+        report = coll.rebase()
+        seen = len(answers)
+        while len(answers) < seen + 2:  # and go on answering on the new state
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        reader.join()
+    assert not errors
+    assert all(_recall(a, truth) >= before - 0.02 for a in answers)
+
+    assert report.model == "v2" and report.vectors == N and report.dim == t.dim
+    assert coll.dim == t.dim and coll.info()["config"]["matryoshka"] is False
+    # every stored vector moved by an orthonormal map: distances between them are unchanged
+    a, b = t.apply(new[:20]), coll._stored(np.arange(20))
+    np.testing.assert_allclose(((b[:, None] - b[None]) ** 2).sum(-1),
+                               ((a[:, None] - a[None]) ** 2).sum(-1), rtol=1e-4, atol=1e-3)
+    # routing and codes now read the new model's extra dims too: better at equal probes
+    rebased = coll.search(queries, 10, max_postings=2).ids
+    assert _recall(rebased, truth) >= max(before + 0.05, 0.97)
+    assert _recall(coll.search(queries, 10, **EXHAUSTIVE).ids, truth) >= 0.99
+    models = coll.models()
+    assert models["current"] == "v2" and list(models["versions"]) == ["v2"]
+    assert models["versions"]["v2"]["count"] == N and models["versions"]["v2"]["extra_dims"] == 0
+
+    # writes go on in the new space; the retired model stays refused
+    coll.add(new[N : N + 5], np.arange(N, N + 5))
+    found = coll.search(new[N : N + 5], 1, **EXHAUSTIVE).ids[:, 0]
+    np.testing.assert_array_equal(found, np.arange(N, N + 5))
+    with pytest.raises(NotFoundError, match="retired"):
+        coll.add(old[:1], [N + 9], model="default")
+    profile = coll.tune(0.9, queries=60)  # tuning measures in the new space
+    assert profile.profile.recall >= 0.9
+    rebased = coll.search(queries, 10, max_postings=2).ids
+    coll.close()
+    with anns.Collection.open(tmp_path / "c") as coll:
+        assert coll.dim == t.dim and len(coll) == N + 5
+        np.testing.assert_array_equal(coll.search(queries, 10, max_postings=2).ids, rebased)
+        # the next model is registered against the rebased one (its pairs: v2 and v3)
+        rng = np.random.default_rng(1)
+        rotation = np.linalg.qr(rng.standard_normal((NEW_DIM, NEW_DIM)))[0].astype(np.float32)
+        newer = new @ rotation + rng.standard_normal(new.shape).astype(np.float32) * 0.01
+        assert coll.add_model("v3", new[:PAIRS], newer[:PAIRS]).verdict == "accepted"
+        got = coll.search(newer[N:], 10, model="v3", **EXHAUSTIVE).ids
+        assert _recall(got, truth) >= 0.9

@@ -1,0 +1,187 @@
+"""Rebase: rebuild a migrated collection's space, routing and codes in its new model's space.
+
+After a model upgrade (:mod:`anns.models`) the collection space is still the *base* model's:
+routing and codes read the first dims of every vector's base-space image, and what the new
+model adds beyond the old (its extra dims) only reaches the exact rerank. Once every vector
+is stored under the new version and the base model is retired, :meth:`anns.Collection.rebase`
+makes the new model's own space the collection space:
+
+1. Every stored vector ``s`` (the version's stored form: ``x @ M`` plus the translation
+   offset on the base dims) gives back ``z = x @ M`` (offset removed; ``M`` the version's
+   orthonormal map, so ``z`` keeps every distance of the raw model).
+2. A bulk build (:mod:`anns.bulk`, the same stages as ``anns build``) runs over the ``z``: a
+   PCA basis ``R`` fitted on them orders the dims by the new model's energy, then balanced
+   clustering on the ``d_route`` prefix, the codec on the ``d_scan`` prefix, closure
+   replicas with the RNG rule, the per-posting cap.
+3. The version's map becomes ``M @ R`` with no offset and no extra dims (its stored form is
+   the whole collection space), the collection basis the identity: nothing is left that
+   speaks the old space.
+
+Online: the new vectors, records, postings, router, codec and models are written in **one
+atomic WriteBatch** and swapped in with the read view, so searches answer throughout on the old
+state and see the new one at once; writes wait. The batch holds a copy of every stored vector
+(memory about twice the vectors' bytes, as for :meth:`anns.Collection.recode`'s codes).
+Tuned profiles were measured on the old routing and are dropped: run ``anns tune`` again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anns.basis import Basis
+from anns.compat import ModelTransform
+from anns.config import IndexConfig, validated
+from anns.errors import FailedPreconditionError
+from anns.memory import release_freed_heap
+from anns.models import ModelVersion, Models
+from anns.storage import Batch, Storage, decode_vectors
+
+if TYPE_CHECKING:
+    from anns.index import Collection
+
+log = logging.getLogger(__name__)
+
+#: Stored vectors read per multi-get while collecting them.
+_READ_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class RebaseReport:
+    """What a rebase did: the version now spanning the collection space, its ``dim`` (the
+    new collection dim), vectors rewritten, postings before and after, seconds."""
+
+    model: str
+    dim: int
+    vectors: int
+    postings_before: int
+    postings_after: int
+    seconds: float
+    energy_route: float
+    """Share of the vectors' energy the new ``d_route`` prefix keeps."""
+    energy_scan: float
+    """Share the new ``d_scan`` prefix keeps."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _OneBatch:
+    """The slice of :class:`~anns.storage.Storage` a bulk build writes through, collecting
+    every write into one batch instead (applied atomically by the caller)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.batch_ = storage.batch()
+
+    def batch(self) -> Batch:
+        return self.batch_
+
+    def write(self, batch: Batch, **_: Any) -> None:
+        """Nothing yet: the caller writes :attr:`batch_` once, when everything is in it."""
+
+    def flush(self) -> None:
+        """Nothing to flush: nothing was written."""
+
+
+def sole_version(models: Models) -> ModelVersion:
+    """The version a rebase moves the collection to: the only one registered, and not the
+    base model (whose space the collection space already is)."""
+    if len(models.versions) != 1:
+        names = ", ".join(v.name for v in models.versions)
+        raise FailedPreconditionError(
+            f"rebase needs exactly one registered model version, found {names}: backfill "
+            f"every vector under the new version and retire the others first"
+        )
+    version = models.versions[0]
+    if version.is_base:
+        raise FailedPreconditionError(
+            f"the collection space is already model {version.name!r}'s: nothing to rebase"
+        )
+    return version
+
+
+def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
+    """See :meth:`anns.Collection.rebase` (the caller holds the collection's write lock)."""
+    from anns.bulk import _Builder
+
+    started = time.perf_counter()
+    version = sole_version(coll._models)
+    transform = version.transform
+    assert transform is not None
+    view = coll._require_view()
+    storage = coll._storage
+    ids, z = _unshifted(storage, coll.dim, version, transform)
+
+    fields = coll.config.model_dump()
+    fields.update(dim=transform.dim, matryoshka=False)
+    if seed is not None:
+        fields["seed"] = seed
+    config = validated(IndexConfig, **fields)
+    sink = _OneBatch(storage)
+    builder = _Builder(sink, config, z, ids, progress=False, version=version.index)  # type: ignore[arg-type]
+    router, codec = builder._train()
+    rep, dist, router = builder._assign(router)
+    posting, row = builder._cap(rep, dist)
+    del rep, dist
+    posting, router = builder._drop_empty(posting, router)
+    builder._write_vectors_and_records(posting, row)
+    builder._write_postings(posting, row, codec, router.size)
+    fitted = builder.basis
+    assert fitted is not None and fitted.matrix is not None
+    del z, builder
+    release_freed_heap()
+
+    # the version now maps straight onto the whole (new) collection space
+    moved = ModelTransform(
+        "rebased", transform.metric, transform.dim, transform.new_dim,
+        np.ascontiguousarray(transform.matrix @ fitted.matrix, dtype=np.float32),
+        np.zeros(transform.dim, np.float32),
+    )
+    rebased = ModelVersion(version.name, version.index, version.dim, moved)
+    models = Models((rebased,), rebased.name, coll._models.next_index, coll._models.retired)
+    basis = Basis("identity", config.dim, None, fitted.energy)
+
+    batch = sink.batch_
+    for pid in range(router.size, view.router.size):  # postings past the new ones
+        batch.delete_posting(pid)
+    batch.put_meta("basis", basis.to_bytes())
+    batch.put_meta("router", router.to_bytes())
+    batch.put_meta("codec", codec.to_bytes())
+    batch.put_meta("config", config.model_dump_json().encode())
+    batch.put_meta("entries", str(len(posting)).encode())
+    batch.put_meta(f"model/{rebased.name}", moved.to_bytes())
+    batch.put_meta("model_counts", f'{{"{rebased.name}": {len(ids)}}}'.encode())
+    batch.delete_meta("profiles")
+    coll._swap_space(batch, config, basis, router, codec, models, entries=len(posting))
+    report = RebaseReport(
+        rebased.name, config.dim, len(ids), view.router.size, router.size,
+        round(time.perf_counter() - started, 3),
+        round(fitted.prefix_energy(config.route_dims), 4),
+        round(fitted.prefix_energy(config.scan_dims), 4),
+    )
+    log.info("rebased the collection onto model %r: %s", rebased.name, report.to_dict())
+    return report
+
+
+def _unshifted(
+    storage: Storage, dim: int, version: ModelVersion, transform: ModelTransform
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored vector's ``x @ M`` (its stored form less the offset), float32 [n, width],
+    with the ids (ascending)."""
+    ids = storage.vector_ids()
+    z = np.empty((len(ids), transform.dim), dtype=np.float32)
+    for s in range(0, len(ids), _READ_ROWS):
+        part = ids[s : s + _READ_ROWS]
+        rows, versions = decode_vectors(storage.get_vectors(part), dim)  # type: ignore[arg-type]
+        if (versions != version.index).any() or rows.shape[1] != transform.dim:
+            raise FailedPreconditionError(
+                f"vectors of another model version than {version.name!r} are stored; "
+                f"backfill them first"
+            )
+        z[s : s + len(part)] = rows
+    z[:, : transform.old_dim] -= transform.offset
+    return ids, z
