@@ -9,13 +9,14 @@ makes the new model's own space the collection space:
 1. Every stored vector ``s`` (the version's stored form: ``x @ M`` plus the translation
    offset on the base dims) gives back ``z = x @ M`` (offset removed; ``M`` the version's
    orthonormal map, so ``z`` keeps every distance of the raw model).
-2. A bulk build (:mod:`anns.bulk`, the same stages as ``anns build``) runs over the ``z``: a
-   PCA basis ``R`` fitted on them orders the dims by the new model's energy, then balanced
+2. Their principal axes ``R`` order the dims by the new model's energy (as many as the model
+   has dims: a model narrower than the old space spans only that many), and a bulk build
+   (:mod:`anns.bulk`, the stages of ``anns build``) runs over ``z @ R``: balanced
    clustering on the ``d_route`` prefix, the codec on the ``d_scan`` prefix, closure
    replicas with the RNG rule, the per-posting cap.
 3. The version's map becomes ``M @ R`` with no offset and no extra dims (its stored form is
-   the whole collection space), the collection basis the identity: nothing is left that
-   speaks the old space.
+   the whole collection space), the collection basis the identity (with ``R``'s energy per
+   dim): nothing is left that speaks the old space.
 
 Online: the new vectors, records, postings, router, codec and models are written in **one
 atomic WriteBatch** and swapped in with the read view, so searches answer throughout on the old
@@ -115,14 +116,23 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     view = coll._require_view()
     storage = coll._storage
     ids, z = _unshifted(storage, coll.dim, version, transform)
+    # the new space: principal axes of the vectors, as many as the model has dims (a model
+    # narrower than the old space spans only that many of its dims)
+    fitted = Basis.fit_pca(z, coll.config.metric)
+    assert fitted.matrix is not None
+    dim = min(transform.dim, transform.new_dim)
+    axes = np.ascontiguousarray(fitted.matrix[:, :dim])
+    z = _rotated(z, axes)
 
     fields = coll.config.model_dump()
-    fields.update(dim=transform.dim, matryoshka=False)
+    fields.update(dim=dim, matryoshka=False)
     if seed is not None:
         fields["seed"] = seed
     config = validated(IndexConfig, **fields)
     sink = _OneBatch(storage)
-    builder = _Builder(sink, config, z, ids, progress=False, version=version.index)  # type: ignore[arg-type]
+    # the vectors are in the new space already: the build keeps them as they are
+    builder = _Builder(sink, config.model_copy(update={"matryoshka": True}), z, ids,
+                       progress=False, version=version.index)  # type: ignore[arg-type]
     router, codec = builder._train()
     rep, dist, router = builder._assign(router)
     posting, row = builder._cap(rep, dist)
@@ -130,20 +140,18 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     posting, router = builder._drop_empty(posting, router)
     builder._write_vectors_and_records(posting, row)
     builder._write_postings(posting, row, codec, router.size)
-    fitted = builder.basis
-    assert fitted is not None and fitted.matrix is not None
     del z, builder
     release_freed_heap()
 
     # the version now maps straight onto the whole (new) collection space
     moved = ModelTransform(
-        "rebased", transform.metric, transform.dim, transform.new_dim,
-        np.ascontiguousarray(transform.matrix @ fitted.matrix, dtype=np.float32),
-        np.zeros(transform.dim, np.float32),
+        "rebased", transform.metric, dim, transform.new_dim,
+        np.ascontiguousarray(transform.matrix @ axes, dtype=np.float32), np.zeros(dim, np.float32),
     )
     rebased = ModelVersion(version.name, version.index, version.dim, moved)
     models = Models((rebased,), rebased.name, coll._models.next_index, coll._models.retired)
-    basis = Basis("identity", config.dim, None, fitted.energy)
+    energy = fitted.energy[:dim] / max(float(fitted.energy[:dim].sum()), 1e-30)
+    basis = Basis("identity", dim, None, energy)
 
     batch = sink.batch_
     for pid in range(router.size, view.router.size):  # postings past the new ones
@@ -160,8 +168,8 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     report = RebaseReport(
         rebased.name, config.dim, len(ids), view.router.size, router.size,
         round(time.perf_counter() - started, 3),
-        round(fitted.prefix_energy(config.route_dims), 4),
-        round(fitted.prefix_energy(config.scan_dims), 4),
+        round(basis.prefix_energy(config.route_dims), 4),
+        round(basis.prefix_energy(config.scan_dims), 4),
     )
     log.info("rebased the collection onto model %r: %s", rebased.name, report.to_dict())
     return report
@@ -185,3 +193,12 @@ def _unshifted(
         z[s : s + len(part)] = rows
     z[:, : transform.old_dim] -= transform.offset
     return ids, z
+
+
+def _rotated(z: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """``z @ axes`` (float32 [n, axes columns]), a bounded block of rows at a time."""
+    out = np.empty((len(z), axes.shape[1]), dtype=np.float32)
+    step = max(1, (16 << 20) // (4 * z.shape[1]))
+    for s in range(0, len(z), step):
+        out[s : s + step] = z[s : s + step] @ axes
+    return out

@@ -255,3 +255,25 @@ def test_rebase_moves_routing_and_codes_into_the_new_space_online(
         assert coll.add_model("v3", new[:PAIRS], newer[:PAIRS]).verdict == "accepted"
         got = coll.search(newer[N:], 10, model="v3", **EXHAUSTIVE).ids
         assert _recall(got, truth) >= 0.9
+
+
+@pytest.mark.parametrize("metric, new_dim", [("ip", NEW_DIM), ("cosine", NEW_DIM), ("l2", 24)])
+def test_rebase_other_metrics_and_a_narrower_model(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray], metric: str, new_dim: int
+) -> None:
+    old, new = data[0], np.ascontiguousarray(data[1][:, :new_dim])
+    coll = anns.Collection.create(
+        tmp_path / "c", anns.IndexConfig(dim=OLD_DIM, posting_size=64, metric=metric))
+    coll.add(old[:N], np.arange(N))
+    coll.add_model("v2", old[:PAIRS], new[:PAIRS], force=True)
+    coll.backfill("v2", new[:N], np.arange(N), progress=False)
+    coll.retire("default")
+    width = coll._models.get("v2").width(OLD_DIM)
+    unit = (lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)) if metric == "cosine" \
+        else (lambda x: x)
+    truth = exact_knn(unit(new[:N]), unit(new[N:]), 10, "l2" if metric == "l2" else "ip")[0]
+    before = _recall(coll.search(new[N:], 10, **EXHAUSTIVE).ids, truth)
+    report = coll.rebase()
+    assert report.dim == min(width, new_dim) == coll.dim  # no dims the model cannot span
+    assert _recall(coll.search(new[N:], 10, **EXHAUSTIVE).ids, truth) >= before - 0.01
+    assert _recall(coll.search(new[N:], 10, max_postings=2).ids, truth) >= 0.95
