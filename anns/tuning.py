@@ -5,10 +5,12 @@ own vectors (leave-one-out: a query's own id is removed from its truth and from 
 computes their exact neighbours by brute force over every stored vector, then explores the
 knobs a search may change:
 
-* ``d_route`` (the built prefix and shorter ones), ``eps2``, ``refine_factor`` and ``d_rerank``
-  span the *shapes* of a search;
-* for each shape, recall grows with ``max_postings``, so a bisection finds the fewest postings
-  that reach the target.
+* ``d_route`` (the built prefix and shorter ones), ``eps2`` and ``d_rerank`` span the
+  *shapes* of a search;
+* for each shape, recall grows with ``max_postings``, so a walk up the caps finds the fewest
+  postings that reach the target; it also grows with ``refine_factor`` (a deeper rerank sees
+  more candidates), so each deeper rerank searches only the caps below the shallower one's,
+  and deepening stops when it saves no posting.
 
 Each shape's cheapest passing point is timed; the best few are timed again and the fastest
 wins. A point passes when a lower confidence bound of its recall (one standard error below
@@ -214,16 +216,13 @@ def _explore(
     for d_route in _route_dims(view.d_route):
         for d_rerank in _rerank_dims(view):
             for eps2 in EPS2_STEPS:
-                for refine in REFINE_STEPS:
-                    def at(mp: int, d_route: int = d_route, d_rerank: int = d_rerank,
-                           eps2: float = eps2, refine: float = refine) -> SearchParams:
-                        return SearchParams(
-                            max_postings=mp, eps2=eps2, refine_factor=refine,
-                            d_route=d_route, d_rerank=d_rerank,
-                        )
-                    point = _cheapest_passing(measure, at, steps, recall, curve)
-                    if point is not None:
-                        finalists.append(point)
+                def at(mp: int, refine: float, d_route: int = d_route,
+                       d_rerank: int = d_rerank, eps2: float = eps2) -> SearchParams:
+                    return SearchParams(
+                        max_postings=mp, eps2=eps2, refine_factor=refine,
+                        d_route=d_route, d_rerank=d_rerank,
+                    )
+                finalists.extend(_refine_frontier(measure, at, steps, recall, curve))
     if not finalists:
         return None
     finalists.sort(key=lambda f: -f[0])
@@ -233,13 +232,38 @@ def _explore(
     return max(passing, key=lambda p: p.qps) if passing else None
 
 
+def _refine_frontier(
+    measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint]
+) -> list[tuple[float, SearchParams]]:
+    """For one shape, the cheapest passing posting cap at each rerank depth worth trying.
+
+    A deeper rerank reranks a superset of the candidates, so its cheapest passing cap is at
+    most the shallower one's: each depth searches only the caps below the last one found,
+    and the walk stops at the first depth that saves no posting (deeper would only rerank
+    more at the same cap)."""
+    found: list[tuple[float, SearchParams]] = []
+    top = len(steps)
+    for refine in REFINE_STEPS:
+        hit = _cheapest_passing(measure, lambda mp: at(mp, refine), steps[:top], recall, curve)
+        if hit is None:
+            if found:  # a deeper rerank that fails where a shallower passed: noise, stop
+                break
+            continue
+        qps, params, index = hit
+        found.append((qps, params))
+        if index + 1 == top and len(found) > 1:
+            break  # no posting saved by reranking deeper
+        top = index + 1
+    return found
+
+
 def _cheapest_passing(
     measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint]
-) -> tuple[float, SearchParams] | None:
+) -> tuple[float, SearchParams, int] | None:
     """The fewest postings (from ``steps``) whose recall bound reaches ``recall``, as
-    (batch qps, params), or None when even the most fail. Recall grows with max_postings, so
-    the walk goes up every other step from the cheap end (cheap points are fast to measure)
-    and then tries the step it skipped."""
+    (batch qps, params, index in ``steps``), or None when even the most fail. Recall grows
+    with max_postings, so the walk goes up every other step from the cheap end (cheap points
+    are fast to measure) and then tries the step it skipped."""
     last_fail = -1
     for i in list(range(0, len(steps), 2)) + ([len(steps) - 1] if len(steps) % 2 == 0 else []):
         point = measure(at(steps[i]))
@@ -249,8 +273,8 @@ def _cheapest_passing(
                 between = measure(at(steps[i - 1]))
                 curve.append(between)
                 if between.recall_lower >= recall:
-                    return between.qps, at(steps[i - 1])
-            return point.qps, at(steps[i])
+                    return between.qps, at(steps[i - 1]), i - 1
+            return point.qps, at(steps[i]), i
         last_fail = i
     return None
 
