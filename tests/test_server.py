@@ -4,6 +4,8 @@ from a real bad request, limits, auth, TLS, health, reflection, metrics and conc
 from __future__ import annotations
 
 import datetime
+import json
+import shutil
 import threading
 import time
 import urllib.request
@@ -21,11 +23,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 import anns
 from anns.evaluation import clustered_data
+from anns.storage import decode_vectors
 from anns_proto.anns.v1 import anns_pb2 as pb
 from anns_proto.anns.v1 import anns_pb2_grpc as rpc
 from server import RunningServer, ServerConfig, build_server
 from server.app import SERVICES
 from server.servicers import Limits
+from test_compat import NEW_DIM, OLD_DIM, two_models
 
 LIMIT = 256 << 10  # max_message_bytes of the test server: small, so limits are cheap to hit
 MAX_BATCH = 5000
@@ -209,6 +213,102 @@ def test_write_read_delete_lifecycle(stubs: Stubs, data: tuple[np.ndarray, np.nd
     stubs.collections.DeleteCollection(pb.DeleteCollectionRequest(name="life"), timeout=WAIT)
     err = status_of(lambda: stubs.collections.GetCollection(pb.GetCollectionRequest(name="life")))
     assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ----------------------------------------------------------------------- model versions
+def _twins(base: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """A collection with a registered (not current) model version ``v2``, and a byte-for-byte
+    copy of it under a server root: (library path, server root, old vectors, new vectors)."""
+    old, new, _ = two_models(1400, seed=9)
+    local = base / "local"
+    coll = anns.Collection.create(local, anns.IndexConfig(dim=OLD_DIM, posting_size=32))
+    coll.add(old[:1200], np.arange(1200))
+    coll.add_model("v2", old[:600], new[:600], current=False)
+    coll.close()
+    shutil.copytree(local, base / "root" / "m")
+    return local, base / "root", old, new
+
+
+def test_model_field_is_congruent_with_the_library(tmp_path: Path) -> None:
+    """Searches and writes naming a model version do through gRPC what they do in the library;
+    an unknown version is NOT_FOUND, a vector of another version's dim INVALID_ARGUMENT."""
+    local_path, root, old, new = _twins(tmp_path)
+    queries = new[1200:1260]
+    server = start(root)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel, \
+                anns.Collection.open(local_path) as local:
+            stubs = Stubs(channel)
+            wait_serving(stubs)
+            V, S = stubs.vectors, stubs.search
+
+            def search(model: str, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                reply = S.Search(pb.SearchRequest(collection="m", queries=vecs(q), k=10,
+                                                  model=model), timeout=WAIT)
+                return (np.frombuffer(reply.ids, "<i8").reshape(len(q), 10),
+                        np.frombuffer(reply.distances, "<f4").reshape(len(q), 10))
+
+            def congruent() -> None:
+                for model, q in (("v2", queries), ("", old[1200:1260]), ("default", old[1200:])):
+                    ids, distances = search(model, q)
+                    expected = local.search(q, 10, model=model or None)
+                    np.testing.assert_array_equal(ids, expected.ids)
+                    np.testing.assert_array_equal(distances, expected.distances)
+
+            congruent()  # every stored vector is the base model's
+            # writes naming v2: an upsert, an add of new ids, a stream; the library the same
+            V.Upsert(pb.UpsertRequest(collection="m", vectors=vecs(new[:100]),
+                                      ids=ids_bytes(np.arange(100)), model="v2"), timeout=WAIT)
+            local.upsert(new[:100], np.arange(100), model="v2")
+            V.Upsert(pb.UpsertRequest(collection="m", vectors=vecs(new[1300:1320]),
+                                      ids=ids_bytes(np.arange(1300, 1320)), model="v2",
+                                      mode=pb.WRITE_MODE_ADD), timeout=WAIT)
+            local.add(new[1300:1320], np.arange(1300, 1320), model="v2")
+            stream = [pb.UpsertRequest(collection="m" if i == 0 else "", model="v2",
+                                       vectors=vecs(new[100 + 50 * i: 150 + 50 * i]),
+                                       ids=ids_bytes(np.arange(100 + 50 * i, 150 + 50 * i)))
+                      for i in range(2)]
+            assert [a.total_written for a in V.Ingest(iter(stream), timeout=WAIT)] == [50, 100]
+            local.upsert(new[100:200], np.arange(100, 200), model="v2")
+            # stored under v2: the figures, and the version every record carries
+            info = json.loads(stubs.collections.GetCollection(
+                pb.GetCollectionRequest(name="m"), timeout=WAIT).info_json)["models"]
+            assert info == local.models()
+            assert info["versions"]["v2"]["count"] == 220
+            assert info["versions"]["default"]["count"] == 1000
+            written = np.r_[np.arange(200), np.arange(1300, 1320)]
+            with server.registry.use("m") as served:
+                _, versions = decode_vectors(served._storage.get_vectors(written), OLD_DIM)
+                assert (versions == served._models.get("v2").index).all()
+            congruent()  # mixed gallery: still the library's ids and distances
+
+            bad = [
+                ("unknown model search", lambda: S.Search(pb.SearchRequest(
+                    collection="m", queries=vecs(queries[:2]), k=5, model="nope")),
+                 "NOT_FOUND", ["'nope'", "v2"]),
+                ("unknown model write", lambda: V.Upsert(pb.UpsertRequest(
+                    collection="m", vectors=vecs(new[:2]), ids=ids_bytes([0, 1]),
+                    model="nope")), "NOT_FOUND", ["'nope'"]),
+                ("base dim for v2 search", lambda: S.Search(pb.SearchRequest(
+                    collection="m", queries=vecs(old[:2]), k=5, model="v2")),
+                 "INVALID_ARGUMENT", [str(OLD_DIM), str(NEW_DIM)]),
+                ("base dim for v2 write", lambda: V.Upsert(pb.UpsertRequest(
+                    collection="m", vectors=vecs(old[:2]), ids=ids_bytes([0, 1]),
+                    model="v2")), "INVALID_ARGUMENT", [str(OLD_DIM), str(NEW_DIM)]),
+                ("v2 dim for the base model", lambda: S.Search(pb.SearchRequest(
+                    collection="m", queries=vecs(new[:2]), k=5)),
+                 "INVALID_ARGUMENT", [str(OLD_DIM), str(NEW_DIM)]),
+            ]
+            for label, call, code, needles in bad:
+                err = status_of(call)
+                assert err.code().name == code, (label, err.code(), err.details())
+                for needle in needles:
+                    assert needle in f"{err.details()} {trailer(err)}", (label, needle)
+            after = json.loads(stubs.collections.GetCollection(
+                pb.GetCollectionRequest(name="m"), timeout=WAIT).info_json)["models"]
+            assert after == info  # the refused writes stored nothing
+    finally:
+        server.stop(grace=5)
 
 
 # ------------------------------------------------------------------- status codes, for real
