@@ -48,9 +48,11 @@ from anns.storage import (
     Storage,
     decode_posting,
     decode_record,
+    decode_records,
     decode_vectors,
     encode_posting,
     encode_record,
+    encode_records,
     record_version,
 )
 from anns.tuning import (
@@ -441,7 +443,7 @@ class Collection:
                 return 0
             view = self._require_view()
             batch = self._storage.batch()
-            postings = self._read_postings(np.unique(np.concatenate(old_pids)), view)
+            postings = self._read_postings(np.unique(old_pids), view)
             removed = 0
             gone_sorted = np.sort(gone)
             for pid, (pids_ids, codes) in postings.items():
@@ -450,8 +452,7 @@ class Collection:
                 batch.put_posting(pid, encode_posting(pids_ids[keep], codes[keep]))
             batch.put_meta("entries", str(self._entries() - removed).encode())
             tomb = encode_record(np.empty(0, np.int64), TOMBSTONE)
-            for vid in gone:
-                batch.put_record(int(vid), tomb)
+            batch.put_records(gone, [tomb] * len(gone))
             batch.delete_vectors(gone)
             batch.put_meta("count", str(self.count() - len(gone)).encode())
             self._put_counts(batch, old_versions[live], None, 0)
@@ -690,26 +691,11 @@ class Collection:
             rep, _ = router.replicas(prefix(x, view.d_route), cfg.replica_cap, cfg.eps1)
             rows, slots = np.nonzero(rep >= 0)
             target = rep[rows, slots]
-            touched = np.unique(np.concatenate([target, *old_pids]))
-            postings = self._read_postings(touched, view)
-            entries_before = sum(len(p_ids) for p_ids, _ in postings.values())
+            touched = np.unique(np.concatenate([target, old_pids]))
             codes = codec.encode(prefix(x, view.d_scan))
             replaced = ids[live]
-
-            order = np.argsort(target, kind="stable")
-            bounds = np.searchsorted(target[order], touched)
-            ends = np.searchsorted(target[order], touched, side="right")
-            replaced_sorted = np.sort(replaced)  # sorted once, not once per posting (np.isin)
-            for pid, a, b in zip(touched.tolist(), bounds, ends):
-                cur_ids, cur_codes = postings[pid]
-                if len(replaced):
-                    keep = ~_members(cur_ids, replaced_sorted)
-                    cur_ids, cur_codes = cur_ids[keep], cur_codes[keep]
-                new_rows = rows[order[a:b]]
-                postings[pid] = (
-                    np.concatenate([cur_ids, ids[new_rows]]),
-                    np.concatenate([cur_codes, codes[new_rows]]),
-                )
+            postings, entries_delta = self._merge_postings(
+                touched, view, replaced, target, ids[rows], codes[rows])
             router, moves = self._split_oversized(postings, router, codec, view.d_route)
             rep = self._apply_moves_to_batch_rows(rep, ids, moves)
             self._rewrite_moved_records(moves, set(ids.tolist()), batch)
@@ -717,13 +703,11 @@ class Collection:
             for pid, (p_ids, p_codes) in postings.items():
                 batch.put_posting(pid, encode_posting(p_ids, p_codes))
             batch.put_vectors(ids, x, version.index)
-            for vid, row in zip(ids.tolist(), rep):
-                batch.put_record(vid, encode_record(row[row >= 0], version=version.index))
+            batch.put_records(ids, encode_records(rep, version=version.index))
             batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
             self._put_counts(batch, old_versions[live], version, len(ids))
             for name, value in (meta or {}).items():
                 batch.put_meta(name, value)
-            entries_delta = sum(len(p_ids) for p_ids, _ in postings.values()) - entries_before
             batch.put_meta("entries", str(self._entries() + entries_delta).encode())
             next_id = max(int(self._storage.get_meta("next_id") or b"0"), int(ids.max()) + 1)
             batch.put_meta("next_id", str(next_id).encode())
@@ -822,21 +806,42 @@ class Collection:
 
     def _live_records(
         self, ids: np.ndarray
-    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Which ids are stored, the posting ids of each stored one, and the model version
-        index of every id (int64 [n], meaningful where stored)."""
-        live = np.zeros(len(ids), dtype=bool)
-        versions = np.zeros(len(ids), dtype=np.int64)
-        pids: list[np.ndarray] = []
-        for i, blob in enumerate(self._storage.get_records(ids)):
-            if blob is None:
-                continue
-            flags, held = decode_record(blob)
-            if flags != TOMBSTONE:
-                live[i] = True
-                pids.append(held)
-                versions[i] = record_version(blob)
-        return live, pids, versions
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which ids are stored (bool [n]), the posting ids holding the stored ones (int64,
+        all of them concatenated), and the model version index of every id (int64 [n],
+        meaningful where stored)."""
+        flags, versions, pids, counts = decode_records(self._storage.get_records(ids))
+        live = (flags >= 0) & (flags != TOMBSTONE)
+        return live, pids[np.repeat(live, counts)], versions
+
+    def _merge_postings(
+        self, touched: np.ndarray, view: ReadView, replaced: np.ndarray, target: np.ndarray,
+        new_ids: np.ndarray, new_codes: np.ndarray,
+    ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], int]:
+        """The postings ``touched`` (sorted posting ids) as stored, less the entries of the
+        ``replaced`` ids, plus entry i of (``new_ids``, ``new_codes``) appended to posting
+        ``target[i]`` (in the order given); and the change in the number of entries.
+
+        All postings go through one concatenation, one membership test and one stable sort
+        by posting (kept entries first, in their order): a batch touches about every posting
+        of the collection, and numpy calls per posting cost more than the data they move."""
+        held = self._read_postings(touched, view)
+        counts = np.fromiter((len(i) for i, _ in held.values()), dtype=np.int64, count=len(held))
+        stored = int(counts.sum())
+        every_id = np.concatenate([*(i for i, _ in held.values()), new_ids])
+        every_code = np.concatenate([*(c for _, c in held.values()), new_codes])
+        label = np.concatenate([np.repeat(np.arange(len(touched)), counts),
+                                np.searchsorted(touched, target)])
+        keep = np.ones(len(every_id), dtype=bool)
+        if len(replaced):
+            keep[:stored] = ~_members(every_id[:stored], np.sort(replaced))
+        rows = np.flatnonzero(keep)
+        rows = rows[np.argsort(label[rows], kind="stable")]  # one gather: kept, by posting
+        all_ids, all_codes = every_id[rows], np.take(every_code, rows, axis=0)
+        ends = np.cumsum(np.bincount(label[rows], minlength=len(touched))).tolist()
+        postings = {pid: (all_ids[a:b], all_codes[a:b])
+                    for pid, a, b in zip(touched.tolist(), [0, *ends[:-1]], ends)}
+        return postings, len(rows) - stored
 
     def _read_postings(
         self, pids: np.ndarray, view: ReadView

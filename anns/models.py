@@ -82,7 +82,10 @@ class ModelVersion:
         if self.transform is None:
             return basis.apply(x)
         t = self.transform
-        return np.ascontiguousarray(np.hstack([t.to_old_space(x), t.apply(x)[:, t.old_dim:]]))
+        # one product for both parts: the image is apply's first old_dim dims plus the offset
+        y = t.apply(x)
+        y[:, : t.old_dim] += t.offset
+        return y
 
     def affine(self, side: str) -> tuple[float, float]:
         a, b = self.calibration.get(side, (1.0, 0.0))

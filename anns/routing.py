@@ -89,14 +89,31 @@ def _split_direction(sample: np.ndarray, iters: int, rng: np.random.Generator) -
     return (direction / norm).astype(np.float32)
 
 
-def _rng_filter(cand: np.ndarray, dist: np.ndarray, closure: np.ndarray) -> np.ndarray:
-    """RNG rule over candidates in distance order: [rows, cap, d] centroids -> chosen mask."""
-    sq_norms = np.einsum("ncd,ncd->nc", cand, cand)
-    gram = np.matmul(cand, cand.transpose(0, 2, 1))
-    cc = np.sqrt(np.maximum(sq_norms[:, :, None] + sq_norms[:, None, :] - 2 * gram, 0))
+def _rng_filter(
+    centroids: np.ndarray, ids: np.ndarray, dist: np.ndarray, closure: np.ndarray
+) -> np.ndarray:
+    """RNG rule over candidates ``ids`` [rows, cap] in distance order -> chosen mask.
+
+    Only candidates inside the closure are ever chosen, so only pairs of them can block one
+    another: their distances are computed by faiss straight from the centroid table, one
+    pair at a time, instead of gathering a [rows, cap, d] copy of every candidate centroid
+    and multiplying [cap, d] x [d, cap] per row (which cost several times faiss's search)."""
+    cap = ids.shape[1]
+    first, second = np.triu_indices(cap, 1)
+    rows, pair = np.nonzero(closure[:, first] & closure[:, second])
+    a, b = first[pair], second[pair]
+    ix = np.ascontiguousarray(ids[rows, a])
+    iy = np.ascontiguousarray(ids[rows, b])
+    sq = np.empty(len(rows), dtype=np.float32)
+    if len(rows):
+        faiss.pairwise_indexed_L2sqr(  # type: ignore[attr-defined]
+            centroids.shape[1], len(rows), faiss.swig_ptr(centroids), faiss.swig_ptr(ix),
+            faiss.swig_ptr(centroids), faiss.swig_ptr(iy), faiss.swig_ptr(sq))
+    cc = np.full((len(ids), cap, cap), np.inf, dtype=np.float32)  # inf: never blocks
+    cc[rows, a, b] = np.sqrt(sq)
     chosen = np.zeros(closure.shape, dtype=bool)
     chosen[:, 0] = True
-    for j in range(1, closure.shape[1]):  # a loop over replica slots, not over vectors
+    for j in range(1, cap):  # a loop over replica slots, not over vectors
         blocked = (chosen[:, :j] & (cc[:, :j, j] < dist[:, j : j + 1])).any(axis=1)
         chosen[:, j] = closure[:, j] & ~blocked
     return chosen
@@ -247,13 +264,13 @@ class Router:
         chosen = np.zeros((n, cap), dtype=bool)
         chosen[:, 0] = ids[:, 0] >= 0
         closure = (dist <= (1.0 + eps1) * dist[:, :1]) & (ids >= 0)
-        # Rows with a candidate inside the closure need the RNG test; bound the [rows, cap, d]
-        # gather of their candidate centroids to ~32 MB at a time.
+        # Rows with a candidate inside the closure need the RNG test; bound its [rows, cap,
+        # cap] distances between candidates to ~32 MB at a time.
         todo = np.flatnonzero(closure[:, 1:].any(axis=1)) if cap > 1 else np.empty(0, np.int64)
-        step = max(1, (8 << 20) // (cap * self.dim))
+        step = max(1, (8 << 20) // (cap * cap))
         for s in range(0, len(todo), step):
             rows = todo[s : s + step]
-            chosen[rows] = _rng_filter(self.centroids[ids[rows]], dist[rows], closure[rows])
+            chosen[rows] = _rng_filter(self.centroids, ids[rows], dist[rows], closure[rows])
         ids = np.where(chosen, ids, -1)
         dist = np.where(chosen, dist, np.inf).astype(np.float32)
         return ids, dist

@@ -152,6 +152,60 @@ def record_version(blob: bytes) -> int:
     return blob[0] >> 1
 
 
+def encode_records(pids: np.ndarray, flags: int = 0, version: int = 0) -> list[bytes]:
+    """:func:`encode_record` of every row of ``pids`` int [n, r] (-1: no posting, anywhere
+    in a row; the others are kept in row order), all with the same flags and version.
+
+    Rows are grouped by their number of postings (at most r + 1 groups): each group is one
+    uint8 matrix whose rows become ``bytes`` in one call, not one encode per record."""
+    n, r = pids.shape
+    held = pids >= 0
+    counts = held.sum(axis=1)
+    # a stable sort on "not held" moves a row's postings to its front, in their order
+    packed = np.take_along_axis(pids, np.argsort(~held, axis=1, kind="stable"), axis=1)
+    rows = np.empty((n, 1 + 4 * r), dtype=np.uint8)
+    rows[:, 0] = (flags & TOMBSTONE) | (version << 1)
+    rows[:, 1:] = packed.astype("<u4").view(np.uint8).reshape(n, 4 * r)
+    out = np.empty(n, dtype=object)
+    for c in np.unique(counts).tolist():
+        group = np.flatnonzero(counts == c)
+        width = 1 + 4 * c
+        out[group] = np.ascontiguousarray(rows[group, :width]).view(f"V{width}").ravel()
+    blobs: list[bytes] = out.tolist()
+    return blobs
+
+
+def decode_records(
+    blobs: list[bytes | None],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`decode_record` and :func:`record_version` of n records at once (None: no
+    record): (flags int64 [n], -1 where there is no record; model version index int64 [n],
+    0 there; posting ids int64 [total] of all records in order; their count int64 [n]).
+    Record i holds ``pids[offsets[i] : offsets[i] + counts[i]]``, offsets the exclusive
+    cumulative sum of counts. One join and one mask over all records, whatever n."""
+    n = len(blobs)
+    filled = [b or b"" for b in blobs]
+    lengths = np.fromiter(map(len, filled), dtype=np.int64, count=n)
+    joined = np.frombuffer(b"".join(filled), dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    stored = lengths > 0
+    if ((lengths[stored] - 1) % 4).any():
+        bad = int(np.flatnonzero(stored & ((lengths - 1) % 4 != 0))[0])
+        raise CorruptCollectionError(
+            f"a per-id record of {int(lengths[bad])} bytes is not a flags byte and u32 "
+            f"posting ids")
+    head = joined[starts[stored]].astype(np.int64)
+    flags = np.full(n, -1, dtype=np.int64)
+    versions = np.zeros(n, dtype=np.int64)
+    flags[stored] = head & TOMBSTONE
+    versions[stored] = head >> 1
+    body = np.ones(len(joined), dtype=bool)
+    body[starts[stored]] = False  # what is left is every record's u32 posting ids, in order
+    pids = np.frombuffer(joined[body].tobytes(), dtype="<u4").astype(np.int64)
+    counts = np.where(stored, (lengths - 1) // 4, 0)
+    return flags, versions, pids, counts
+
+
 @dataclass
 class Batch:
     """The writes of one call, applied atomically by :meth:`Storage.write`."""
@@ -178,8 +232,10 @@ class Batch:
         if version:
             tail = np.full((len(rows), 1), version, dtype="<u4").view("<f4")
             rows = np.ascontiguousarray(np.hstack([rows, tail]))
-        for key, row in zip(id_keys(ids), rows):
-            self._wb.put(key, row.tobytes(), h)
+        # every row's bytes in one call, not a tobytes() per row
+        blobs = rows.view(f"V{rows.shape[1] * 4}").ravel().tolist() if rows.size else []
+        for key, blob in zip(id_keys(ids), blobs):
+            self._wb.put(key, blob, h)
         self.puts += len(rows)
         self.bytes += rows.nbytes
 
@@ -191,6 +247,13 @@ class Batch:
     def put_record(self, vid: int, blob: bytes) -> None:
         self._wb.put(int(vid).to_bytes(8, "big"), blob, self.storage._handles[RECORDS])
         self.puts += 1
+
+    def put_records(self, ids: np.ndarray, blobs: list[bytes]) -> None:
+        """The records ``blobs`` (see :func:`encode_records`) of vectors ``ids`` [n]."""
+        h = self.storage._handles[RECORDS]
+        for key, blob in zip(id_keys(ids), blobs):
+            self._wb.put(key, blob, h)
+        self.puts += len(blobs)
 
     def put_meta(self, name: str, value: bytes) -> None:
         self._wb.put(name.encode(), value, self.storage._handles[META])

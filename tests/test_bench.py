@@ -138,3 +138,15 @@ def test_disk_probe_reads_with_o_direct(tmp_path: Path) -> None:
     assert all(lv["reads"] > 0 and lv["reads_per_s"] > 0 for lv in row["levels"])
     assert disk.peak(row) in row["levels"]
     assert not (tmp_path / disk.SCRATCH_NAME).exists()
+
+
+def test_backfill_speed_measures_an_accepted_model(tmp_path: Path, capsys: Any) -> None:
+    from bench import backfill_speed
+
+    out = tmp_path / "speed.json"
+    backfill_speed.main(["--n", "3000", "--dim", "32", "--extra", "4", "--pairs", "600",
+                         "--repeats", "1", "--batch-rows", "1000", "--out", str(out)])
+    assert "v2 (40 dims): accepted" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())
+    assert row["n"] == 3000 and row["new_dim"] == 40
+    assert row["backfill_vps"] > 0 and row["upsert_vps"] > 0 and row["faiss_flat_add_vps"] > 0

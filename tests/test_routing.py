@@ -84,6 +84,30 @@ def test_replicas_obey_closure_rng_and_cap(
             assert (cc[:j, j] >= d[j] - tol).all(), "RNG rule"
 
 
+@given(S.seeds, st.integers(2, 60), st.integers(2, 9), st.sampled_from([0.3, 1.0, 5.0]))
+def test_replicas_choose_what_a_per_row_rng_rule_chooses(
+    seed: int, n_centroids: int, cap: int, eps1: float
+) -> None:
+    """The batched RNG filter keeps exactly the candidates a plain loop over each row's
+    candidates keeps (in order: inside the closure, no chosen one nearer to it than x)."""
+    centroids = S.gaussian(seed, n_centroids, 5)
+    x = S.gaussian(seed + 1, 40, 5)
+    router = Router(centroids, "flat", 1000)
+    ids, _ = router.replicas(x, cap, eps1)
+    dist, cand = router.nearest(x, cap)
+    cc = _euclid(centroids, centroids)
+    for row in range(len(x)):
+        kept = [0]
+        for j in range(1, cap):
+            if cand[row, j] < 0 or dist[row, j] > (1 + eps1) * dist[row, 0]:
+                continue
+            if all(cc[cand[row, i], cand[row, j]] >= dist[row, j] for i in kept):
+                kept.append(j)
+        expected = np.full(cap, -1)
+        expected[kept] = cand[row, kept]
+        np.testing.assert_array_equal(ids[row], expected)
+
+
 def test_replicas_skip_a_centroid_blocked_by_the_rng_rule() -> None:
     # c0 and c1 close together, c2 on the other side: x between c0 and c2 at similar distances
     centroids = np.array([[0.0, 0.0], [0.2, 0.0], [2.0, 0.0]], np.float32)

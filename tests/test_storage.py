@@ -25,10 +25,13 @@ from anns.storage import (
     Storage,
     decode_posting,
     decode_record,
+    decode_records,
     encode_posting,
     encode_record,
+    encode_records,
     id_keys,
     posting_keys,
+    record_version,
 )
 
 MARKER = "ANNS_COLLECTION"
@@ -50,6 +53,46 @@ def test_record_round_trip(pids: list[int], flags: int) -> None:
     back_flags, back = decode_record(encode_record(np.array(pids, dtype=np.int64), flags))
     assert back_flags == flags
     assert back.dtype == np.int64 and back.tolist() == pids
+
+
+@given(
+    hnp.arrays(np.int64, hnp.array_shapes(min_dims=2, max_dims=2, max_side=12),
+               elements=st.one_of(st.just(-1), st.integers(0, 2**32 - 1))),
+    st.sampled_from([0, TOMBSTONE]), st.integers(0, 127),
+)
+def test_encode_records_equals_one_encode_per_row(
+    pids: np.ndarray, flags: int, version: int
+) -> None:
+    expected = [encode_record(row[row >= 0], flags, version) for row in pids]
+    assert encode_records(pids, flags, version) == expected
+
+
+@given(st.lists(st.one_of(
+    st.none(),
+    st.tuples(st.lists(st.integers(0, 2**32 - 1), max_size=9), st.sampled_from([0, TOMBSTONE]),
+              st.integers(0, 127)),
+), max_size=40))
+def test_decode_records_equals_one_decode_per_record(
+    records: list[tuple[list[int], int, int] | None],
+) -> None:
+    blobs = [None if r is None else encode_record(np.array(r[0], np.int64), r[1], r[2])
+             for r in records]
+    flags, versions, pids, counts = decode_records(blobs)
+    assert flags.dtype == versions.dtype == pids.dtype == counts.dtype == np.int64
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    assert offsets[-1] == len(pids)
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            assert (flags[i], versions[i], counts[i]) == (-1, 0, 0)
+            continue
+        one_flags, held = decode_record(blob)
+        assert flags[i] == one_flags and versions[i] == record_version(blob)
+        assert pids[offsets[i] : offsets[i + 1]].tolist() == held.tolist()
+
+
+def test_decode_records_refuses_a_torn_record() -> None:
+    with pytest.raises(CorruptCollectionError, match="6 bytes"):
+        decode_records([encode_record(np.array([1])), b"\x00" * 6])
 
 
 @given(st.lists(S.vector_ids, min_size=1, max_size=30, unique=True))
@@ -80,6 +123,7 @@ def test_batch_is_applied_and_read_back(store: Storage) -> None:
     batch.put_posting(1, encode_posting(np.array([5]), np.zeros((1, 4), np.uint8)))
     batch.put_vectors(np.array([5, 7]), np.array([[1, 2], [3, 4]], np.float32))
     batch.put_record(5, encode_record(np.array([1])))
+    batch.put_records(np.array([8, 9]), encode_records(np.array([[2, -1], [-1, 3]]), version=2))
     batch.put_meta("answer", b"42")
     # nothing is visible before the batch is written
     assert store.get_meta("answer") is None and store.get_vectors(np.array([5])) == [None]
@@ -94,6 +138,9 @@ def test_batch_is_applied_and_read_back(store: Storage) -> None:
     np.testing.assert_array_equal(np.frombuffer(v5, "<f4"), [1, 2])
     rec5, rec7 = store.get_records(np.array([5, 7]))
     assert rec7 is None and decode_record(rec5)[1].tolist() == [1]
+    rec8, rec9 = store.get_records(np.array([8, 9]))
+    assert [decode_record(r)[1].tolist() for r in (rec8, rec9)] == [[2], [3]]
+    assert record_version(rec9) == 2
 
     batch = store.batch()
     batch.delete_posting(3)
