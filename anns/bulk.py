@@ -39,7 +39,7 @@ from anns.index import STATE_BUILDING, STATE_READY
 from anns.memory import peak_rss_bytes, release_freed_heap, rss_bytes
 from anns.quantization import make_codec
 from anns.routing import Router, balanced_clusters
-from anns.storage import Storage, encode_posting, encode_record
+from anns.storage import Storage, encode_posting, encode_records
 from anns.vectors import as_ids, as_vectors, prefix
 
 log = logging.getLogger(__name__)
@@ -332,13 +332,19 @@ class _Builder:
         by_row = np.argsort(row, kind="stable")
         held = posting[by_row]
         bounds = np.searchsorted(row[by_row], np.arange(self.n + 1))
+        counts = np.diff(bounds)
+        width = max(1, int(counts.max(initial=0)))
         batch, pending = self.store.batch(), 0
         for s, block in self._chunks("write vectors"):
             ids = self.ids[s : s + len(block)]
             batch.put_vectors(ids, block, self.version)
-            for i, vid in enumerate(ids.tolist()):
-                batch.put_record(vid, encode_record(held[bounds[s + i] : bounds[s + i + 1]],
-                                                    version=self.version))
+            # the chunk's postings per row, -1 padded: every record encoded at once
+            c = counts[s : s + len(block)]
+            a = int(bounds[s])
+            slot = np.arange(int(c.sum())) - np.repeat(bounds[s : s + len(block)] - a, c)
+            pids = np.full((len(block), width), -1, dtype=np.int64)
+            pids[np.repeat(np.arange(len(block)), c), slot] = held[a : a + int(c.sum())]
+            batch.put_records(ids, encode_records(pids, version=self.version))
             pending += block.nbytes
             if pending >= BATCH_BYTES:
                 self._bulk_write(batch)
