@@ -214,3 +214,18 @@ def test_refuses_an_unrelated_model() -> None:
     with pytest.raises(IncompatibleModelError, match="model transform refused") as info:
         fit_model_transform(old, unrelated, "cosine")
     assert "new/old" in str(info.value) and "old/old" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["ridge", "procrustes"])
+def test_refuses_a_map_that_loses_the_new_models_own_geometry(
+    synthetic: tuple[np.ndarray, np.ndarray, np.ndarray], method: str
+) -> None:
+    """Ridge shrinks towards the mean and plain Procrustes keeps only the old dims: the new
+    model's queries would search backfilled vectors worse than the model itself does."""
+    old, new, _ = synthetic
+    with pytest.raises(IncompatibleModelError, match="new/new recall@10 through the transform"):
+        fit_model_transform(old, new, "l2", method=method)  # type: ignore[arg-type]
+    _, report = fit_model_transform(old, new, "l2", method=method, force=True)  # type: ignore[arg-type]
+    assert report.recall["new_new"] < compat.NEW_NEW_TARGET
+    _, bt2 = fit_model_transform(old, new, "l2")
+    assert bt2.verdict == "accepted" and bt2.recall["new_new"] >= compat.NEW_NEW_TARGET
