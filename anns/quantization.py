@@ -283,11 +283,12 @@ class OPQCodec(Codec):
 
     @property
     def nbits(self) -> int:
-        return int(self._pq().pq.nbits) if self._holder is not None else 8
+        return self._nbits if self._holder is not None else 8
 
     @property
     def code_size(self) -> int:
-        return int(self._pq().pq.code_size) if self._holder is not None else self.m
+        # read once in _bind: every scan asks, and a swig downcast costs ~10-30 us
+        return self._code_size if self._holder is not None else self.m
 
     @property
     def is_trained(self) -> bool:
@@ -323,7 +324,9 @@ class OPQCodec(Codec):
     def _bind(self) -> None:
         assert self._holder is not None
         self._opq = faiss.downcast_VectorTransform(self._holder.chain.at(0))
-        self._pq_centroids = faiss.vector_to_array(self._pq().pq.centroids)
+        pq = self._pq().pq
+        self._pq_centroids = faiss.vector_to_array(pq.centroids)
+        self._code_size, self._nbits = int(pq.code_size), int(pq.nbits)
         self._scratch = threading.local()  # scratch indexes hold the old centroids
 
     def _pq(self) -> faiss.IndexPQ:

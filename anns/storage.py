@@ -210,6 +210,7 @@ class Storage:
         self._cfs = {name: db.get_column_family(name) for name in _FAMILIES}
         self._handles = {name: db.get_column_family_handle(name) for name in _FAMILIES}
         self._pool: _ReadThreads | None = None
+        self._odds = {POSTINGS: _CacheOdds(), VECTORS: _CacheOdds()}
         self._pool_lock = threading.Lock()
         self.format_version = FORMAT_VERSION
         """On-disk format of this collection (older ones open too, see READABLE_FORMATS)."""
@@ -341,40 +342,53 @@ class Storage:
 
     def get_postings(self, pids: np.ndarray) -> list[bytes | None]:
         """One multi-get of the given postings; None where a posting does not exist."""
-        return self._multi_get(self._cfs[POSTINGS], posting_keys(pids), cached_first=True)
+        return self._multi_get(POSTINGS, posting_keys(pids))
 
     def get_vectors(self, ids: np.ndarray) -> list[bytes | None]:
         """One multi-get of full vectors; None where an id is not stored."""
-        return self._multi_get(self._cfs[VECTORS], id_keys(ids))
+        return self._multi_get(VECTORS, id_keys(ids))
 
     def get_records(self, ids: np.ndarray) -> list[bytes | None]:
         """One multi-get of per-id records; None where an id was never stored."""
-        return self._multi_get(self._cfs[RECORDS], id_keys(ids))
+        return self._multi_get(RECORDS, id_keys(ids))
 
-    def _multi_get(
-        self, cf: rocksdict.Rdict, keys: list[bytes], *, cached_first: bool = False,
-    ) -> list[bytes | None]:
+    def _multi_get(self, family: str, keys: list[bytes]) -> list[bytes | None]:
         """A multi-get, split over the I/O threads when it needs more than one read.
 
         RocksDB's MultiGet issues its reads one after another here (no io_uring), so one call
         waits for each read in turn; rocksdict releases the GIL inside a list get, so parts
         of one multi-get run concurrently and keep several reads in flight, which is what an
-        SSD (or a virtual disk) needs to reach its throughput. The calling thread reads the
-        first part itself.
+        SSD (or a virtual disk) needs to reach its throughput. The calling thread reads
+        parts too.
 
-        ``cached_first``: take the values the memtable or block cache hold without a read
-        (RocksDB's KeyMayExist, ~1 us a key), and the keys its filters rule out, before
-        splitting the rest: the postings shared by many queries are often cached, and
-        handing a cache hit to a thread costs more than the hit itself.
+        Before splitting, the values the memtable or block cache hold are taken without a
+        read (RocksDB's KeyMayExist, ~1 us a key), with the keys its filters rule out: a
+        cache hit handed to a thread costs far more than the hit itself (a warm query's 30
+        cached vectors: 80 us read here, 210 us through the threads). Where the cache rarely
+        holds a family's keys (full vectors in a cache much smaller than them) the probe is
+        mostly skipped (:class:`_CacheOdds`).
         """
-        if cached_first and len(keys) > 1:
-            out, misses = self._cached(cf, keys)
-            if misses:
-                values = self._split_get(cf, [keys[i] for i in misses])
-                for i, value in zip(misses, values):
-                    out[i] = value
-            return out
-        return self._split_get(cf, keys)
+        cf = self._cfs[family]
+        odds = self._odds.get(family)
+        if odds is None or len(keys) < 2 or not odds.worth_probing():
+            return self._split_get(cf, keys)
+        out, misses = self._cached(cf, keys)
+        odds.record(len(keys), len(keys) - len(misses))
+        if misses:
+            values = self._split_get(cf, [keys[i] for i in misses])
+            for i, value in zip(misses, values):
+                out[i] = value
+        return out
+
+    def _split_get(self, cf: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
+        parts = min(self.config.io_threads, len(keys) // _MIN_KEYS_PER_THREAD)
+        if parts <= 1:
+            return cf.get(keys)  # type: ignore[no-any-return]
+        step = -(-len(keys) // parts)
+        chunks = [keys[i : i + step] for i in range(0, len(keys), step)]
+        # the threads start from the first part, this thread from the last
+        calls = self._io_pool().start(cf.get, chunks, keep=1)
+        return [value for part in calls.result() for value in part]
 
     @staticmethod
     def _cached(cf: rocksdict.Rdict, keys: list[bytes]) -> tuple[list[bytes | None], list[int]]:
@@ -388,17 +402,6 @@ class Storage:
             elif may_exist:
                 misses.append(i)
         return out, misses
-
-    def _split_get(self, cf: rocksdict.Rdict, keys: list[bytes]) -> list[bytes | None]:
-        parts = min(self.config.io_threads, len(keys) // _MIN_KEYS_PER_THREAD)
-        if parts <= 1:
-            return cf.get(keys)  # type: ignore[no-any-return]
-        step = -(-len(keys) // parts)
-        chunks = [keys[i : i + step] for i in range(0, len(keys), step)]
-        out: list[bytes | None] = []
-        for values in self._io_pool().map(cf.get, chunks):
-            out.extend(values)
-        return out
 
     def _io_pool(self) -> _ReadThreads:
         with self._pool_lock:
@@ -471,6 +474,39 @@ class Storage:
         return int(value or 0)
 
 
+#: Probing the block cache before a read costs ~1 us a key and saves the hand-off of a hit
+#: to a read thread (10-20 us on two cores, more under load): it pays from about this share
+#: of a family's keys found cached.
+_PROBE_MIN_HITS = 0.05
+#: Below that share, one multi-get in this many still probes, to notice a cache warming up.
+_PROBE_EVERY = 32
+#: The hit share is measured over about this many recent probed keys.
+_PROBE_WINDOW = 4096
+
+
+class _CacheOdds:
+    """How often one family's keys were found in the block cache by recent probes.
+
+    Shared by the threads that search; the counters are updated without a lock (a lost
+    update only skews an estimate)."""
+
+    def __init__(self) -> None:
+        self.keys = 0
+        self.hits = 0
+        self.calls = 0
+
+    def worth_probing(self) -> bool:
+        self.calls += 1
+        return self.hits >= _PROBE_MIN_HITS * self.keys or self.calls % _PROBE_EVERY == 0
+
+    def record(self, keys: int, hits: int) -> None:
+        self.keys += keys
+        self.hits += hits
+        if self.keys > _PROBE_WINDOW:  # halve: older probes weigh less
+            self.keys //= 2
+            self.hits //= 2
+
+
 class _Failed:
     """An exception raised in a read thread, carried back to the caller."""
 
@@ -478,18 +514,53 @@ class _Failed:
         self.error = error
 
 
+class _Calls:
+    """``fn`` over ``args``, each call claimed by whichever thread gets to it first: a read
+    thread, or the caller once it asks for the results (it then runs every call no thread
+    has started instead of waiting for one to wake up)."""
+
+    def __init__(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> None:
+        self._fn, self._args = fn, args
+        self._out: list[Any] = [None] * len(args)
+        self._claims = [threading.Lock() for _ in args]
+        self._finished = threading.Lock()
+        self._finished.acquire()
+        self._done = itertools.count(1)
+
+    def run(self, slot: int) -> None:
+        if not self._claims[slot].acquire(blocking=False):
+            return  # another thread runs it
+        try:
+            self._out[slot] = self._fn(self._args[slot])
+        except BaseException as e:  # noqa: BLE001 - re-raised by result()
+            self._out[slot] = _Failed(e)
+        if next(self._done) == len(self._args):  # itertools.count: atomic under the GIL
+            self._finished.release()
+
+    def result(self) -> list[Any]:
+        for slot in reversed(range(len(self._args))):  # the threads take them from the front
+            self.run(slot)
+        self._finished.acquire()
+        self._finished.release()  # result() may be asked again
+        for value in self._out:
+            if isinstance(value, _Failed):
+                raise value.error
+        return self._out
+
+
 class _ReadThreads:
-    """Threads that run the parts of a multi-get beside the calling thread.
+    """Threads that run the parts of multi-gets beside their callers.
 
     Leaner than a ThreadPoolExecutor, whose future, condition and wake-up per part cost more
-    than a cached read (~100 us for four parts): parts go through one C queue, the last
-    thread to finish releases one lock the caller waits on, and the caller reads a part
-    itself instead of idling. Callers may share it from several threads: a part never waits
-    for another, so parts queued behind other calls' only delay, never block.
+    than a cached read (~100 us for four parts): parts go through one C queue, the last one
+    to finish releases the one lock its caller waits on, and the caller runs the parts no
+    thread has started yet instead of idling. Callers may share it from several threads: a
+    part never waits for another, so parts queued behind other calls' only delay, never
+    block.
     """
 
     def __init__(self, count: int, name: str) -> None:
-        self._parts: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._parts: queue.SimpleQueue[tuple[_Calls, int] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True)
             for i in range(count)
@@ -499,33 +570,16 @@ class _ReadThreads:
 
     def _serve(self) -> None:
         while (part := self._parts.get()) is not None:
-            fn, arg, out, slot, done, finished, last = part
-            try:
-                out[slot] = fn(arg)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
-                out[slot] = _Failed(e)
-            if next(done) == last:  # itertools.count: one atomic step under the GIL
-                finished.release()
+            calls, slot = part
+            calls.run(slot)
 
-    def map(self, fn: Callable[[Any], Any], args: Sequence[Any]) -> list[Any]:
-        """``[fn(a) for a in args]``, the calls run concurrently; the first in this thread."""
-        n = len(args)
-        out: list[Any] = [None] * n
-        finished = threading.Lock()
-        if n > 1:
-            finished.acquire()
-            done = itertools.count()
-            for slot in range(1, n):
-                self._parts.put((fn, args[slot], out, slot, done, finished, n - 2))
-        try:
-            out[0] = fn(args[0])
-        finally:
-            # the other parts write into out: wait for them even when ours failed
-            finished.acquire()
-        for value in out:
-            if isinstance(value, _Failed):
-                raise value.error
-        return out
+    def start(self, fn: Callable[[Any], Any], args: Sequence[Any], keep: int = 0) -> _Calls:
+        """Start ``fn`` over ``args`` on the threads, but for the last ``keep`` calls, which
+        the caller runs when it asks for the results (``result()``, in order of ``args``)."""
+        calls = _Calls(fn, args)
+        for slot in range(len(args) - keep):
+            self._parts.put((calls, slot))
+        return calls
 
     def shutdown(self) -> None:
         for _ in self._threads:
