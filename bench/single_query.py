@@ -19,9 +19,9 @@ passes over the first ``--queries`` queries go in blocks of ``--block`` queries,
 engine, the order alternating. Without ``--engine`` the installed anns runs alone. One JSON
 line per engine and pass: QPS, p50/p99 latency, recall@10, mean milliseconds per query in each
 stage (``SearchStats.seconds``: route, fetch, scan, rerank; ``python``: the rest of the call)
-and device reads per query (``/proc/self/io``: bytes and read calls). ``--batch`` first times a
-batch call over the same queries (best of four, the engines taking turns): a single-query change must not
-cost the batch path.
+and device reads per query (``/proc/self/io``: bytes and read calls). ``--batch`` first times
+a batch call over the same queries (best of four, the engines taking turns): a single-query
+change must not cost the batch path.
 """
 
 from __future__ import annotations
