@@ -26,7 +26,14 @@ from anns.models import ModelVersion, Models
 from anns.quantization import Codec
 from anns.routing import Router
 from anns.storage import Storage, decode_posting, decode_vectors
+from anns.threads import serial_faiss
 from anns.vectors import prefix
+
+#: Searches of at most this many queries run faiss on the calling thread alone: waking its
+#: OpenMP workers for a few queries costs more than they bring (see anns.threads). On two
+#: shared cores (load 3), Fashion-MNIST, cached reads: 8 queries per call took 0.65 against
+#: 1.75 ms a query with two threads, 16 took 0.56 against 1.40.
+SERIAL_QUERIES = 16
 
 
 def _no_queries() -> np.ndarray:
@@ -183,20 +190,46 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
     """Search validated raw queries (float32 [q, dim] of ``model``, default the base model);
     returns (ids, distances, stats)."""
-    d_route, d_rerank = view.stage_dims(params)
-    q = len(queries)
-    ids = np.full((q, k), -1, dtype=np.int64)
-    worst = np.inf if view.metric == "l2" else -np.inf
-    distances = np.full((q, k), worst, dtype=np.float32)
+    if len(queries) <= SERIAL_QUERIES:
+        with serial_faiss():
+            return _search(view, queries, k, params, model)
+    return _search(view, queries, k, params, model)
 
+
+def _search(
+    view: ReadView, queries: np.ndarray, k: int, params: SearchParams,
+    model: ModelVersion | None,
+) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+    d_route, d_rerank = view.stage_dims(params)
     t0 = time.perf_counter()
     # full: the query on all dims of its own version (same-version rerank), None for the
     # base model; the base-space image routes, scans, and scores other versions' vectors
     full = None if model is None or model.is_base else _full_query(model, queries, view)
     queries = view.basis.apply(queries) if model is None else model.base_image(queries, view.basis)
     pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
-    parts = [SearchStats(seconds={"route": time.perf_counter() - t0})]
+    route = time.perf_counter() - t0
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
+    if pids.size <= budget:  # one chunk, the queries in their own order: nothing to put back
+        ids, distances, stats = _search_chunk(
+            view, queries, pids, k, params, d_rerank, full, model)
+    else:
+        ids, distances, stats = _search_chunks(
+            view, queries, pids, k, params, d_rerank, full, model, budget)
+    stats = replace(stats, seconds={"route": route, **stats.seconds})
+    _heap_churn.add(stats.bytes_read)
+    return ids, distances, stats
+
+
+def _search_chunks(
+    view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams,
+    d_rerank: int, full: np.ndarray | None, model: ModelVersion | None, budget: int,
+) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+    """A batch whose postings exceed the fetch budget, chunk by chunk."""
+    q = len(queries)
+    ids = np.full((q, k), -1, dtype=np.int64)
+    worst = np.inf if view.metric == "l2" else -np.inf
+    distances = np.full((q, k), worst, dtype=np.float32)
+    parts = []
     chunks = _chunks_by_postings(pids, budget, view.router.size)
     for rows in chunks:
         chunk_ids, chunk_dist, chunk_stats = _search_chunk(
@@ -212,7 +245,6 @@ def search(
     row_of = np.empty_like(order)
     row_of[order] = np.arange(len(order))
     stats = replace(stats, per_query=QueryStats(*(a[row_of] for a in _arrays(stats.per_query))))
-    _heap_churn.add(stats.bytes_read)
     return ids, distances, stats
 
 
@@ -342,6 +374,13 @@ _EMPTY_LIST = (np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.uint8))
 
 def _first_unique(cand: np.ndarray, depth: int) -> np.ndarray:
     """Per row, the first ``depth`` distinct non-negative ids in order; -1 padding."""
+    if len(cand) == 1:  # one query: first occurrences straight from np.unique
+        row = cand[0][cand[0] >= 0]
+        _, first = np.unique(row, return_index=True)
+        kept = row[np.sort(first)[:depth]]
+        out = np.full((1, depth), -1, dtype=cand.dtype)
+        out[0, : len(kept)] = kept
+        return out
     order = np.argsort(cand, axis=1, kind="stable")
     sorted_ids = np.take_along_axis(cand, order, axis=1)
     dup_sorted = np.zeros(cand.shape, dtype=bool)

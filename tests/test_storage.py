@@ -258,3 +258,59 @@ def test_open_with_stored_format_version_disagreeing_with_marker(tmp_path: Path)
     (tmp_path / "c" / MARKER).write_text(json.dumps({"format_version": FORMAT_VERSION}))
     with pytest.raises(FormatVersionError):
         Storage.open(tmp_path / "c", StorageConfig())
+
+
+# ------------------------------------------------------------------- split multi-gets
+@pytest.mark.parametrize("io_threads", [1, 2, 5, 16])
+def test_multi_gets_split_over_threads_keep_key_order(tmp_path: Path, io_threads: int) -> None:
+    store = Storage.create(tmp_path / "c", StorageConfig(io_threads=io_threads))
+    try:
+        batch = store.batch()
+        ids = np.arange(0, 200, 2)
+        batch.put_vectors(ids, np.arange(len(ids), dtype=np.float32)[:, None] * [1, 1])
+        for pid in range(0, 40, 2):
+            batch.put_posting(pid, encode_posting(np.array([pid]), np.full((1, 4), pid, np.uint8)))
+        store.write(batch)
+        store.flush()
+        asked = np.array([7, 0, 198, 3, 100, 42, 199, 2] * 3)
+        for _ in range(3):  # cold, then with the block cache holding some of them
+            got = store.get_vectors(asked)
+            want = [None if i % 2 else np.array([i // 2] * 2, np.float32) for i in asked]
+            for g, w in zip(got, want):
+                assert (g is None) if w is None else np.array_equal(np.frombuffer(g, "<f4"), w)
+            pids = np.array([39, 0, 12, 13, 38, 2])
+            blobs = store.get_postings(pids)
+            assert [None if b is None else int(decode_posting(b, 4)[0][0]) for b in blobs] == [
+                None if p % 2 else p for p in pids.tolist()]
+    finally:
+        store.close()
+
+
+def test_a_failed_part_of_a_multi_get_raises_in_the_caller_and_the_threads_go_on() -> None:
+    from anns.storage import _ReadThreads
+
+    threads = _ReadThreads(3, "test-io")
+    try:
+        def square(x: int) -> int:
+            if x == 5:
+                raise KeyError(x)
+            return x * x
+
+        assert threads.start(square, list(range(5)), keep=1).result() == [0, 1, 4, 9, 16]
+        with pytest.raises(KeyError):
+            threads.start(square, list(range(8))).result()
+        assert threads.start(square, [6, 7], keep=2).result() == [36, 49]
+    finally:
+        threads.shutdown()
+
+
+def test_the_cache_probe_is_skipped_while_it_finds_little_and_tried_again_now_and_then() -> None:
+    from anns.storage import _PROBE_EVERY, _CacheOdds
+
+    odds = _CacheOdds()
+    assert odds.worth_probing()
+    odds.record(1000, 0)
+    tried = [odds.worth_probing() for _ in range(4 * _PROBE_EVERY)]
+    assert sum(tried) == 4
+    odds.record(1000, 900)  # the cache warmed up
+    assert all(odds.worth_probing() for _ in range(10))

@@ -51,3 +51,30 @@ def test_a_malformed_thread_count_is_named(monkeypatch: pytest.MonkeyPatch, valu
 def test_keep_leaves_blas_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(BLAS_THREADS_ENV, "keep")
     assert limit_blas_threads() is None
+
+
+def test_serial_faiss_runs_one_thread_and_restores_only_the_callers_count() -> None:
+    import threading
+
+    import faiss
+
+    from anns.threads import serial_faiss
+
+    saved = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        def count_in_a_thread() -> int:
+            seen: list[int] = []
+            worker = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+            worker.start()
+            worker.join()
+            return seen[0]
+
+        before = count_in_a_thread()
+        with serial_faiss():
+            assert faiss.omp_get_max_threads() == 1
+            # OpenMP keeps the count per thread: another thread's searches keep theirs
+            assert count_in_a_thread() == before
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(saved)
