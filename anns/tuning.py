@@ -53,6 +53,9 @@ EPS2_STEPS = (0.3, 1.0, math.inf)
 REFINE_STEPS = (1.0, 2.0, 4.0, 8.0, 16.0)
 #: Shapes whose cheapest passing point is timed again (by the objective) before choosing.
 FINALISTS = 4
+#: A walk stops at a failing point this much slower than the fastest passing one found so
+#: far (a margin for timing noise: the finalists are timed again).
+SLOWER_THAN_BEST = 0.6
 #: Queries timed one per call for the ``single`` objective.
 SINGLE_QUERIES = 100
 
@@ -222,7 +225,8 @@ def _explore(
                         max_postings=mp, eps2=eps2, refine_factor=refine,
                         d_route=d_route, d_rerank=d_rerank,
                     )
-                finalists.extend(_refine_frontier(measure, at, steps, recall, curve))
+                floor = SLOWER_THAN_BEST * max((q for q, _ in finalists), default=0.0)
+                finalists.extend(_refine_frontier(measure, at, steps, recall, curve, floor))
     if not finalists:
         return None
     finalists.sort(key=lambda f: -f[0])
@@ -233,18 +237,21 @@ def _explore(
 
 
 def _refine_frontier(
-    measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint]
+    measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint],
+    floor: float = 0.0,
 ) -> list[tuple[float, SearchParams]]:
     """For one shape, the cheapest passing posting cap at each rerank depth worth trying.
 
     A deeper rerank reranks a superset of the candidates, so its cheapest passing cap is at
     most the shallower one's: each depth searches only the caps below the last one found,
     and the walk stops at the first depth that saves no posting (deeper would only rerank
-    more at the same cap)."""
+    more at the same cap). A walk also gives up once a failing point runs under ``floor`` QPS
+    (more postings or a deeper rerank only run slower: it cannot win)."""
     found: list[tuple[float, SearchParams]] = []
     top = len(steps)
     for refine in REFINE_STEPS:
-        hit = _cheapest_passing(measure, lambda mp: at(mp, refine), steps[:top], recall, curve)
+        hit = _cheapest_passing(measure, lambda mp: at(mp, refine), steps[:top], recall, curve,
+                                floor)
         if hit is None:
             if found:  # a deeper rerank that fails where a shallower passed: noise, stop
                 break
@@ -258,7 +265,8 @@ def _refine_frontier(
 
 
 def _cheapest_passing(
-    measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint]
+    measure: Any, at: Any, steps: list[int], recall: float, curve: list[TunePoint],
+    floor: float = 0.0,
 ) -> tuple[float, SearchParams, int] | None:
     """The fewest postings (from ``steps``) whose recall bound reaches ``recall``, as
     (batch qps, params, index in ``steps``), or None when even the most fail. Recall grows
@@ -275,6 +283,8 @@ def _cheapest_passing(
                 if between.recall_lower >= recall:
                     return between.qps, at(steps[i - 1]), i - 1
             return point.qps, at(steps[i]), i
+        if point.qps < floor:
+            return None  # slower than a point that passes, and only getting slower
         last_fail = i
     return None
 
