@@ -104,6 +104,11 @@ class Basis:
             return y
         return np.ascontiguousarray(y @ self.matrix.T)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the basis holds in memory (the [dim, dim] float32 matrix and the energies)."""
+        return int(self.energy.nbytes) + (0 if self.matrix is None else int(self.matrix.nbytes))
+
     def prefix_energy(self, dims: int) -> float:
         """Share of the sample's energy the first ``dims`` dims keep."""
         return float(self.energy[:dims].sum())

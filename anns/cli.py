@@ -27,7 +27,7 @@ from anns.index import Collection
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-cache-mb", type=float, default=None,
-                        help="RocksDB block cache bound in MiB (default 4)")
+                        help="RocksDB block cache bound in MiB (default 2)")
     parser.add_argument("--direct-reads", action="store_true",
                         help="read with O_DIRECT so RSS is the whole memory cost")
 

@@ -144,9 +144,12 @@ class IndexConfig(_Frozen):
 class StorageConfig(_Frozen):
     """How a collection's RocksDB is opened. Chosen per open, not stored."""
 
-    block_cache_bytes: int = Field(default=4 << 20, ge=0)
-    """Bound of RocksDB's block cache. Postings read by repeated queries are served from it;
-    it is counted in the process's RSS. 0 disables the cache."""
+    block_cache_bytes: int = Field(default=2 << 20, ge=0)
+    """Bound of RocksDB's block cache: postings read by repeated queries are served from it,
+    with the index and filter blocks of the postings, records and meta families (full
+    vectors bypass it, see :mod:`anns.storage`). It is counted in the process's RSS, and a
+    cache that churns leaves the heap larger than its bound (freed blocks between live
+    ones). 0 disables the cache: every posting lookup then rereads its index block."""
 
     direct_reads: bool = False
     """Read SST files with O_DIRECT, bypassing the OS page cache, so that the process's RSS is

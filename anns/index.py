@@ -185,7 +185,11 @@ class Collection:
         return self.count()
 
     def info(self) -> dict[str, Any]:
-        """Configuration and figures as a JSON-ready dict."""
+        """Configuration and figures as a JSON-ready dict. ``memory``: bytes this open
+        collection holds in RAM by part: ``router`` (centroids and their index), ``codec``,
+        ``basis``, and RocksDB's ``block_cache``, ``table_readers`` and ``memtables`` (see
+        :meth:`anns.storage.Storage.memory_usage`); the process's own costs (code, thread
+        stacks, allocator slack) come on top."""
         self._check_open()
         view = self._view
         summary = self._storage.get_meta("build_summary")
@@ -206,10 +210,17 @@ class Collection:
             "centroid_index": view.router.resolved_kind() if view else None,
             "code_size": view.codec.code_size if view else None,
             "centroid_bytes": int(view.router.centroids.nbytes) if view else 0,
+            "memory": self._memory(view),
             "disk_bytes": self._storage.disk_bytes(),
             "build": json.loads(summary) if summary else None,
             "models": describe(self._models, self._model_counts(), self.dim),
         }
+
+    def _memory(self, view: ReadView | None) -> dict[str, int]:
+        """Bytes this open collection holds in RAM, by part (see :meth:`info`)."""
+        parts = {"router": view.router.nbytes, "codec": view.codec.nbytes,
+                 "basis": view.basis.nbytes} if view else {"router": 0, "codec": 0, "basis": 0}
+        return {**parts, **self._storage.memory_usage()}
 
     # ----------------------------------------------------------------------------- reads
     def search(

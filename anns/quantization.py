@@ -59,6 +59,11 @@ class Codec(abc.ABC):
     def is_trained(self) -> bool:
         return True
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of trained parameters the codec holds (0 for one without any)."""
+        return 0
+
     def train(self, sample: np.ndarray) -> None:  # noqa: B027 - optional for codecs
         """Fit the codec on float32 [n, dim] (a no-op for codecs without parameters)."""
 
@@ -179,6 +184,11 @@ class SQ8Codec(Codec):
         index.is_trained = True
         return index
 
+    @property
+    def nbytes(self) -> int:
+        ranges = 0 if self._ranges is None else int(self._ranges.nbytes)
+        return 4 * int(self._holder.sq.trained.size()) + ranges
+
     def _trained_ranges(self) -> np.ndarray:
         if self._ranges is None:
             self._ranges = faiss.vector_to_array(self._holder.sq.trained)
@@ -293,6 +303,15 @@ class OPQCodec(Codec):
     @property
     def is_trained(self) -> bool:
         return self._holder is not None and bool(self._holder.is_trained)
+
+    @property
+    def nbytes(self) -> int:
+        """The OPQ matrix, the PQ centroids, and the copy of them each scan starts from."""
+        if self._holder is None or self._opq is None:
+            return 0
+        rotation = 4 * (int(self._opq.A.size()) + int(self._opq.b.size()))
+        copy = 0 if self._pq_centroids is None else int(self._pq_centroids.nbytes)
+        return rotation + 4 * int(self._pq().pq.centroids.size()) + copy
 
     def train(self, sample: np.ndarray) -> None:
         x = np.ascontiguousarray(sample, dtype=np.float32)

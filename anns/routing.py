@@ -171,6 +171,19 @@ class Router:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the router holds: the centroids (once, in the faiss index), an HNSW graph's
+        links, and the flat indexes over prefixes built for searches routing on fewer dims."""
+        total = int(self.centroids.nbytes)
+        if isinstance(self.index, faiss.IndexHNSW):
+            hnsw = self.index.hnsw
+            total += 4 * int(hnsw.neighbors.size()) + 8 * int(hnsw.offsets.size()) + 4 * int(
+                hnsw.levels.size())
+        with self._prefix_lock:
+            total += sum(4 * int(ix.ntotal) * int(ix.d) for ix in self._prefix_indexes.values())
+        return total
+
     def resolved_kind(self, count: int | None = None) -> str:
         if self.kind == "auto":
             n = self.size if count is None else count

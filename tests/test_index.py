@@ -165,6 +165,12 @@ def test_info(coll: anns.Collection) -> None:
     assert info["centroid_bytes"] == info["postings"] * 8 * 4
     assert info["code_size"] == 8 and info["disk_bytes"] > 0
     assert info["build"]["n"] == 600
+    memory = info["memory"]
+    assert set(memory) == {"router", "codec", "basis", "block_cache", "table_readers",
+                           "memtables"}
+    assert memory["router"] == info["centroid_bytes"]  # a flat router over all dims
+    assert memory["basis"] >= 8 * 8 * 4 and memory["codec"] >= 0
+    assert 0 <= memory["block_cache"] <= anns.StorageConfig().block_cache_bytes
 
 
 def test_info_of_an_empty_collection(tmp_path: Path) -> None:
@@ -172,6 +178,7 @@ def test_info_of_an_empty_collection(tmp_path: Path) -> None:
         info = coll.info()
     json.dumps(info)
     assert info["count"] == 0 and info["postings"] == 0 and info["build"] is None
+    assert info["memory"]["router"] == info["memory"]["basis"] == 0
 
 
 # ------------------------------------------------------------------- add / get / contains

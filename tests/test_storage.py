@@ -150,6 +150,29 @@ def test_batch_is_applied_and_read_back(store: Storage) -> None:
     assert store.get_vectors(np.array([5, 7]))[0] is None
 
 
+def test_full_vectors_bypass_the_block_cache(tmp_path: Path) -> None:
+    """Postings are cached; full vectors (read once each, at random) are not, and the index
+    and filter blocks of their files stay with the table readers."""
+    store = Storage.create(tmp_path / "c", StorageConfig(block_cache_bytes=1 << 20))
+    try:
+        ids = np.arange(2000)
+        batch = store.batch()
+        batch.put_vectors(ids, S.gaussian(0, 2000, 64))
+        for pid in range(20):
+            batch.put_posting(pid, encode_posting(ids[pid::20], np.ones((100, 16), np.uint8)))
+        store.write(batch)
+        store.flush()  # reads now come from SST files, not the memtables
+        before = store.memory_usage()
+        assert before["table_readers"] > 0 and before["memtables"] >= 0
+        assert all(b is not None for b in store.get_vectors(ids[::7]))
+        assert store.block_cache_usage() == before["block_cache"]
+        assert all(b is not None for b in store.get_postings(np.arange(20)))
+        assert store.block_cache_usage() > before["block_cache"]
+        assert store.memory_usage()["block_cache"] <= 1 << 20
+    finally:
+        store.close()
+
+
 def test_create_writes_marker_and_format_version(store: Storage) -> None:
     marker = json.loads((store.path / MARKER).read_text())
     assert marker == {"format_version": FORMAT_VERSION}
