@@ -40,7 +40,6 @@ import numpy as np
 
 from anns.config import MAX_K, SearchParams, validated
 from anns.errors import EmptyCollectionError, InvalidArgumentError
-from anns.vectors import prefix
 
 if TYPE_CHECKING:
     from anns.index import Collection
@@ -316,7 +315,6 @@ def _held_out(
     """``n`` stored vectors as queries in collection space (searched by
     :meth:`Collection._search_space`, whatever model versions the collection holds), their
     ids, and their exact k nearest other ids."""
-    view = coll._require_view()
     storage, dim, metric = coll._storage, coll.dim, coll.config.metric
     rng = np.random.default_rng(seed)
     self_ids = np.sort(rng.choice(storage.vector_ids(), n, replace=False))

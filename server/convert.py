@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from anns.config import IndexConfig, SearchParams, validated
-from anns.errors import InvalidArgumentError, NotFoundError
+from anns.errors import InvalidArgumentError
 from anns.index import Collection
 from anns.search import QueryStats, SearchStats
 from anns_proto.anns.v1 import anns_pb2 as pb

@@ -10,7 +10,6 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import grpc
 from grpc import ServicerContext as Context
 import numpy as np
 
