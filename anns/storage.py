@@ -273,7 +273,8 @@ class Storage:
         self._cfs = {name: db.get_column_family(name) for name in _FAMILIES}
         self._handles = {name: db.get_column_family_handle(name) for name in _FAMILIES}
         self._pool: _ReadThreads | None = None
-        self._odds = {POSTINGS: _CacheOdds(), VECTORS: _CacheOdds()}
+        # only postings are probed: full vectors never enter the cache (_uncached_table)
+        self._odds = {POSTINGS: _CacheOdds()}
         self._pool_lock = threading.Lock()
         self.format_version = FORMAT_VERSION
         """On-disk format of this collection (older ones open too, see READABLE_FORMATS)."""
@@ -425,12 +426,12 @@ class Storage:
         SSD (or a virtual disk) needs to reach its throughput. The calling thread reads
         parts too.
 
-        Before splitting, the values the memtable or block cache hold are taken without a
+        Before splitting, the postings the memtable or block cache hold are taken without a
         read (RocksDB's KeyMayExist, ~1 us a key), with the keys its filters rule out: a
-        cache hit handed to a thread costs far more than the hit itself (a warm query's 30
-        cached vectors: 80 us read here, 210 us through the threads). Where the cache rarely
-        holds a family's keys (full vectors in a cache much smaller than them) the probe is
-        mostly skipped (:class:`_CacheOdds`).
+        cache hit handed to a thread costs far more than the hit itself (30 cached values:
+        80 us read here, 210 us through the threads). While the cache rarely holds them the
+        probe is mostly skipped (:class:`_CacheOdds`). Full vectors bypass the cache, so
+        their keys are never probed (a Python call per rerank candidate for nothing).
         """
         cf = self._cfs[family]
         odds = self._odds.get(family)
