@@ -27,6 +27,7 @@ Tuned profiles were measured on the old routing and are dropped: run ``anns tune
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -162,7 +163,7 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     batch.put_meta("config", config.model_dump_json().encode())
     batch.put_meta("entries", str(len(posting)).encode())
     batch.put_meta(f"model/{rebased.name}", moved.to_bytes())
-    batch.put_meta("model_counts", f'{{"{rebased.name}": {len(ids)}}}'.encode())
+    batch.put_meta("model_counts", json.dumps({rebased.name: len(ids)}).encode())
     batch.delete_meta("profiles")
     coll._swap_space(batch, config, basis, router, codec, models, entries=len(posting))
     report = RebaseReport(
