@@ -122,7 +122,10 @@ class Models:
 
     @property
     def mixed(self) -> bool:
-        return len(self.versions) > 1 or not self.versions[0].is_base
+        """Whether stored vectors may differ in version (and width): more than one version,
+        or one whose vectors carry a version index. A lone version at index 0 (the base
+        model, or one a rebase moved there) is read like a single-model collection."""
+        return len(self.versions) > 1 or self.versions[0].index != 0
 
     def with_version(self, version: ModelVersion, *, current: bool) -> Models:
         return Models(self.versions + (version,), version.name if current else self.current,

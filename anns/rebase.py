@@ -16,7 +16,9 @@ makes the new model's own space the collection space:
    replicas with the RNG rule, the per-posting cap.
 3. The version's map becomes ``M @ R`` with no offset and no extra dims (its stored form is
    the whole collection space), the collection basis the identity (with ``R``'s energy per
-   dim): nothing is left that speaks the old space.
+   dim): nothing is left that speaks the old space. The version takes index 0 (its vectors
+   are stored without a version trailer), so the read path scores them as a single-model
+   collection's, not version by version.
 
 Online: the new vectors, records, postings, router, codec and models are written in **one
 atomic WriteBatch** and swapped in with the read view, so searches answer throughout on the old
@@ -133,7 +135,7 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     sink = _OneBatch(storage)
     # the vectors are in the new space already: the build keeps them as they are
     builder = _Builder(sink, config.model_copy(update={"matryoshka": True}), z, ids,
-                       progress=False, version=version.index)  # type: ignore[arg-type]
+                       progress=False, version=0)  # type: ignore[arg-type]
     router, codec = builder._train()
     rep, dist, router = builder._assign(router)
     posting, row = builder._cap(rep, dist)
@@ -149,7 +151,9 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
         "rebased", transform.metric, dim, transform.new_dim,
         np.ascontiguousarray(transform.matrix @ axes, dtype=np.float32), np.zeros(dim, np.float32),
     )
-    rebased = ModelVersion(version.name, version.index, version.dim, moved)
+    # index 0: its vectors are stored as a base model's are (no version trailer), and the
+    # read path takes them as one model's (no per-version scoring)
+    rebased = ModelVersion(version.name, 0, version.dim, moved)
     models = Models((rebased,), rebased.name, coll._models.next_index, coll._models.retired)
     energy = fitted.energy[:dim] / max(float(fitted.energy[:dim].sum()), 1e-30)
     basis = Basis("identity", dim, None, energy)

@@ -243,6 +243,7 @@ def test_rebase_moves_routing_and_codes_into_the_new_space_online(
     models = coll.models()
     assert models["current"] == "v2" and list(models["versions"]) == ["v2"]
     assert models["versions"]["v2"]["count"] == N and models["versions"]["v2"]["extra_dims"] == 0
+    assert not coll._models.mixed  # read as a single-model collection, no per-version scoring
 
     # writes go on in the new space; the retired model stays refused
     coll.add(new[N : N + 5], np.arange(N, N + 5))
