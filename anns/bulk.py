@@ -50,8 +50,6 @@ CHUNK_BYTES = 16 << 20
 BATCH_BYTES = 16 << 20
 #: Assignment passes before oversized postings are left to the replica cap.
 MAX_SPLIT_ROUNDS = 4
-#: Rows the codec trains on (8-bit ranges and similar statistics settle long before this).
-_CODEC_SAMPLE = 16384
 
 
 @dataclass(frozen=True)
@@ -265,10 +263,9 @@ class _Builder:
         centroids, _ = balanced_clusters(
             prefix(sample, cfg.route_dims), leaf, iters=cfg.kmeans_iters, seed=cfg.seed
         )
-        codec = make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m)
-        if len(sample) > _CODEC_SAMPLE:
-            sample = sample[np.sort(rng.choice(len(sample), _CODEC_SAMPLE, replace=False))]
-        codec.train(prefix(sample, cfg.scan_dims))
+        codec = make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m,
+                           full_dim=cfg.dim, tail_norms=cfg.tail_norms)
+        codec.train(sample)  # it trains on at most CODEC_TRAIN_ROWS of them
         return Router(centroids, cfg.centroid_index, cfg.hnsw_threshold), codec
 
     def _assign(self, router: Router) -> tuple[np.ndarray, np.ndarray, Router]:
@@ -369,7 +366,7 @@ class _Builder:
                 a, b = int(starts[pid]), int(ends[last - 1])
                 rows = row[a:b]
                 uniq, inverse = np.unique(rows, return_inverse=True)
-                codes = codec.encode(prefix(self._rows(uniq), self.cfg.scan_dims))[inverse]
+                codes = codec.encode(self._rows(uniq))[inverse]
                 entry_ids = self.ids[rows]
                 batch = self.store.batch()
                 for p in range(pid, last):

@@ -74,6 +74,12 @@ class IndexConfig(_Frozen):
     when it does not divide ``d_scan`` the OPQ rotation maps onto the largest multiple of it.
     Raising it makes codes more exact and postings bigger."""
 
+    tail_norms: bool = True
+    """When ``d_scan`` is less than ``dim``: each code also stores the norm of the dims beyond
+    ``d_scan`` (two bytes), and the scan adds an estimate of what those dims contribute to the
+    distance (see :class:`anns.quantization.TailCodec`). Fewer candidates then need the rerank
+    for the same recall. No effect when the codes hold every dim."""
+
     matryoshka: bool = False
     """True when the embedding model is Matryoshka-trained (its prefixes are embeddings):
     vectors are used as given. False: a PCA rotation learned at build orders the dims by

@@ -342,17 +342,18 @@ class Collection:
             if pq_m is not None:
                 fields["pq_m"] = pq_m
             config = validated(IndexConfig, **fields)
-            new_codec = make_codec(config.codec, config.scan_dims, config.metric, config.pq_m)
+            new_codec = make_codec(config.codec, config.scan_dims, config.metric, config.pq_m,
+                                   full_dim=config.dim, tail_norms=config.tail_norms)
             all_ids = self._storage.vector_ids()
             rng = np.random.default_rng(seed)
             chosen = np.sort(rng.choice(all_ids, min(sample, len(all_ids)), replace=False))
-            new_codec.train(prefix(self._stored(chosen), config.scan_dims))
+            new_codec.train(self._stored(chosen))
 
             # one pass over the vectors: the new code of every stored id, by position
             codes = np.empty((len(all_ids), new_codec.code_size), dtype=np.uint8)
             at = 0
             for _, vectors in self._storage.iter_vectors(self.dim):
-                codes[at : at + len(vectors)] = new_codec.encode(prefix(vectors, config.scan_dims))
+                codes[at : at + len(vectors)] = new_codec.encode(vectors)
                 at += len(vectors)
             batch = self._storage.batch()
             old_size = view.codec.code_size
@@ -703,7 +704,7 @@ class Collection:
             rows, slots = np.nonzero(rep >= 0)
             target = rep[rows, slots]
             touched = np.unique(np.concatenate([target, old_pids]))
-            codes = codec.encode(prefix(x, view.d_scan))
+            codes = codec.encode(x)
             replaced = ids[live]
             postings, entries_delta = self._merge_postings(
                 touched, view, replaced, target, ids[rows], codes[rows])
@@ -741,8 +742,9 @@ class Collection:
         centroids, _ = balanced_clusters(
             prefix(x, cfg.route_dims), cfg.posting_size, iters=cfg.kmeans_iters, seed=cfg.seed
         )
-        codec = make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m)
-        codec.train(prefix(x, cfg.scan_dims))
+        codec = make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m,
+                           full_dim=cfg.dim, tail_norms=cfg.tail_norms)
+        codec.train(x)
         router = Router(centroids, cfg.centroid_index, cfg.hnsw_threshold)
         batch.put_meta("basis", basis.to_bytes())
         batch.put_meta("router", router.to_bytes())

@@ -6,16 +6,19 @@ codes that came from disk in faiss: the fetched postings become the inverted lis
 against exactly the postings routing chose for it, multi-threaded in C++. Codes never depend
 on the posting they sit in (no residual encoding), so a replica is the same bytes everywhere.
 
-A codec sees the first ``d_scan`` dims of the collection space (its ``dim``): the caller
-slices vectors and queries. Three codecs: ``flat`` (float32), ``sq8`` (a byte per dim) and
-``opq`` (``pq_m`` bytes per vector: OPQ rotation + product quantizer, scanned by ADC with one
-look-up table per query).
+A codec takes vectors and queries in the collection space and codes their first ``d_scan``
+dims (its ``dim``). Three codecs: ``flat`` (float32), ``sq8`` (a byte per dim) and ``opq``
+(``pq_m`` bytes per vector: OPQ rotation + product quantizer, scanned by ADC with one look-up
+table per query). :class:`TailCodec` wraps one of them when ``d_scan`` is less than the
+collection's dim: each code also carries the norm of the dims beyond the prefix, and the scan
+uses it to estimate what the prefix leaves out.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import struct
 import threading
 from collections.abc import Iterator
 from typing import ClassVar
@@ -24,6 +27,7 @@ import faiss
 import numpy as np
 
 from anns.config import CodecName, Metric
+from anns.vectors import prefix
 
 
 def faiss_metric(metric: Metric) -> int:
@@ -38,6 +42,8 @@ def faiss_metric(metric: Metric) -> int:
 #: byte bound, per thread that searches.
 SCRATCH_LISTS = 16
 SCRATCH_BYTES = 256 << 10
+#: Rows a codec trains on (8-bit ranges, PQ centroids and the OPQ rotation settle long before).
+CODEC_TRAIN_ROWS = 16384
 
 
 class Codec(abc.ABC):
@@ -64,11 +70,23 @@ class Codec(abc.ABC):
         """Bytes of trained parameters the codec holds (0 for one without any)."""
         return 0
 
-    def train(self, sample: np.ndarray) -> None:  # noqa: B027 - optional for codecs
-        """Fit the codec on float32 [n, dim] (a no-op for codecs without parameters)."""
+    def train(self, sample: np.ndarray) -> None:
+        """Fit the codec on float32 [n, >= dim] collection-space vectors, at most
+        ``CODEC_TRAIN_ROWS`` of them (a no-op for codecs without parameters)."""
+        x = np.ascontiguousarray(sample, dtype=np.float32)
+        if len(x) > CODEC_TRAIN_ROWS:
+            x = x[np.sort(np.random.default_rng(0).choice(len(x), CODEC_TRAIN_ROWS, replace=False))]
+        self._train(prefix(x, self.dim))
+
+    def _train(self, sample: np.ndarray) -> None:  # noqa: B027 - optional for codecs
+        """Fit on float32 [n, dim]."""
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """float32 [n, >= dim] collection-space vectors -> uint8 [n, code_size]."""
+        return self._encode(prefix(np.ascontiguousarray(x, dtype=np.float32), self.dim))
 
     @abc.abstractmethod
-    def encode(self, x: np.ndarray) -> np.ndarray:
+    def _encode(self, x: np.ndarray) -> np.ndarray:
         """float32 [n, dim] -> uint8 [n, code_size]."""
 
     @abc.abstractmethod
@@ -99,7 +117,8 @@ class Codec(abc.ABC):
         assign: np.ndarray,
         k: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Score queries against the postings assigned to them; best ``k`` per query.
+        """Score collection-space queries float32 [q, >= dim] against the postings assigned to
+        them; best ``k`` per query.
 
         ``lists[j]`` holds (ids int64 [m], codes uint8 [m, code_size]) of local list j;
         ``assign`` is int64 [q, p] of local list numbers, -1 for lists not probed. Returns
@@ -107,7 +126,7 @@ class Codec(abc.ABC):
         descending for ip), ids -1 where fewer than k candidates exist. An id stored in two
         probed postings may appear twice.
         """
-        queries = self._scan_queries(queries)
+        queries = self._scan_queries(prefix(queries, self.dim))
         # faiss clamps nprobe to nlist and would then misread the rows of ``assign``
         nlist = max(len(lists), assign.shape[1], 1)
         total = sum(len(ids) for ids, _ in lists)
@@ -159,13 +178,13 @@ class SQ8Codec(Codec):
     def is_trained(self) -> bool:
         return bool(self._holder.is_trained)
 
-    def train(self, sample: np.ndarray) -> None:
-        self._holder.train(np.ascontiguousarray(sample, dtype=np.float32))
+    def _train(self, sample: np.ndarray) -> None:
+        self._holder.train(sample)
         self._ranges = None
         self._scratch = threading.local()  # scratch indexes hold the old ranges
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self._holder.sa_encode(np.ascontiguousarray(x, dtype=np.float32))  # type: ignore[no-any-return]
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return self._holder.sa_encode(x)  # type: ignore[no-any-return]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return self._holder.sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))  # type: ignore[no-any-return]
@@ -212,8 +231,8 @@ class FlatCodec(Codec):
     def code_size(self) -> int:
         return 4 * self.dim
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x, dtype="<f4").view(np.uint8).reshape(len(x), self.code_size)
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return x.view(np.uint8).reshape(len(x), self.code_size)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(codes).view("<f4").reshape(len(codes), self.dim)
@@ -313,8 +332,8 @@ class OPQCodec(Codec):
         copy = 0 if self._pq_centroids is None else int(self._pq_centroids.nbytes)
         return rotation + 4 * int(self._pq().pq.centroids.size()) + copy
 
-    def train(self, sample: np.ndarray) -> None:
-        x = np.ascontiguousarray(sample, dtype=np.float32)
+    def _train(self, sample: np.ndarray) -> None:
+        x = sample
         if len(x) == 0:
             raise ValueError("OPQCodec.train needs at least one vector")
         nbits = 8 if len(x) >= 256 else max(1, int(np.log2(max(len(x), 2))))
@@ -352,8 +371,8 @@ class OPQCodec(Codec):
         assert self._holder is not None
         return faiss.downcast_index(self._holder.index)
 
-    def encode(self, x: np.ndarray) -> np.ndarray:
-        return self._trained().sa_encode(np.ascontiguousarray(x, dtype=np.float32))  # type: ignore[no-any-return]
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        return self._trained().sa_encode(x)  # type: ignore[no-any-return]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         return self._trained().sa_decode(np.ascontiguousarray(codes, dtype=np.uint8))  # type: ignore[no-any-return]
@@ -388,18 +407,218 @@ class OPQCodec(Codec):
         return cls(dim, metric, int(pq.pq.M), holder)
 
 
+#: How a :class:`TailCodec` fits rho on its training sample: held-out queries, the vectors they
+#: search (the denser, the nearer the neighbours and the more alike their tails: on
+#: Fashion-MNIST 8,192 vectors gave rho 0.2, 32,768 gave 0.3, the best for the whole 60,000),
+#: the candidates the fit counts the true top 10 in (a scan hands about twice this many
+#: to the rerank at refine 2), and the values tried.
+TAIL_FIT_QUERIES = 256
+TAIL_FIT_BASE = 32768
+TAIL_FIT_DEPTH = 20
+TAIL_RHOS = tuple(round(0.1 * i, 1) for i in range(10))
+#: A scan with tail norms keeps the best ``k // TAIL_RESERVE`` candidates (at least one) by the
+#: prefix's score alone, whatever their tails.
+TAIL_RESERVE = 8
+_TAIL_MAGIC = b"anns-tail\x01"
+_TAIL_HEADER = struct.Struct("<Idd")  # full_dim, rho, scale
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class TailCodec(Codec):
+    """An inner codec of the ``d_scan`` prefix, plus the norm of each vector's tail.
+
+    A prefix code leaves out the dims from ``d_scan`` to the collection's dim (the tail): for
+    l2 it scores ``|q_p - x_p|^2`` where the true distance adds ``|q_t - x_t|^2``, so vectors
+    whose tails are long rank too high and the rerank needs more depth to repair it. Each code
+    here also stores ``|x_t|`` (float16, two bytes, in units of ``scale``), and the scan adds
+    the estimate ``|x_t|^2 - 2 rho |q_t| |x_t|`` (l2; ``rho |q_t| |x_t|`` for inner product),
+    which takes the tails of near neighbours to be correlated by ``rho``: 0 adds the tail's
+    norm as if neighbours' tails were unrelated, 1 as if they pointed the same way. ``rho`` is
+    fitted at training: the value under which the most true neighbours of held-out sample
+    vectors rank in the top ``TAIL_FIT_DEPTH``.
+
+    On Fashion-MNIST (OPQ, 64 bytes of a 128-dim prefix of 784), the true top 10 found in 15
+    reranked candidates rose from 89% to 94%, in 20 from 95% to 97%.
+    """
+
+    name = "tail"
+
+    def __init__(
+        self, inner: Codec, full_dim: int, rho: float = 0.0, scale: float = 1.0
+    ) -> None:
+        if full_dim <= inner.dim:
+            raise ValueError(f"a tail needs full_dim {full_dim} above the prefix's {inner.dim}")
+        super().__init__(inner.dim, inner.metric)
+        self.inner = inner
+        self.full_dim = full_dim
+        self.rho = rho
+        self.scale = scale
+
+    @property
+    def code_size(self) -> int:
+        return self.inner.code_size + 2
+
+    @property
+    def is_trained(self) -> bool:
+        return self.inner.is_trained
+
+    @property
+    def nbytes(self) -> int:
+        return self.inner.nbytes
+
+    def _tail_norms(self, x: np.ndarray) -> np.ndarray:
+        """|x_t| of collection-space rows float32 [n, >= full_dim]: float32 [n]."""
+        return np.linalg.norm(x[:, self.dim : self.full_dim], axis=1)
+
+    def train(self, sample: np.ndarray) -> None:
+        x = np.ascontiguousarray(sample, dtype=np.float32)
+        self.inner.train(x)
+        norms = self._tail_norms(x)
+        typical = float(np.median(norms)) if len(norms) else 0.0
+        self.scale = typical if typical > 0 else 1.0
+        self.rho = self._fit_rho(x)
+
+    def _fit_rho(self, x: np.ndarray) -> float:
+        """The ``TAIL_RHOS`` value ranking most true top-10 neighbours of held-out rows of
+        ``x`` within ``TAIL_FIT_DEPTH`` (the smallest among ties; 0 on a tiny sample)."""
+        n_queries = min(TAIL_FIT_QUERIES, len(x) // 4)
+        if n_queries < 8:
+            return 0.0
+        order = np.random.default_rng(0).permutation(len(x))
+        queries = x[order[:n_queries]]
+        base = x[order[n_queries : n_queries + TAIL_FIT_BASE]]
+        k, depth = min(10, len(base)), min(TAIL_FIT_DEPTH, len(base))
+        full = self.full_dim
+        l2 = self.metric == "l2"
+        exact = _pair_scores(queries[:, :full], base[:, :full], l2)
+        truth = np.argsort(exact if l2 else -exact, axis=1)[:, :k]
+        approx = _pair_scores(queries[:, : self.dim], self.inner.decode(self.inner.encode(base)), l2)
+        q_tail, x_tail = self._tail_norms(queries), self._tail_norms(base)
+        best, best_hits = 0.0, -1
+        for rho in TAIL_RHOS:
+            if l2:
+                estimate = approx + x_tail**2 - 2 * rho * np.outer(q_tail, x_tail)
+            else:
+                estimate = -(approx + rho * np.outer(q_tail, x_tail))
+            top = np.argpartition(estimate, depth - 1, axis=1)[:, :depth]
+            hits = sum(np.intersect1d(t, r).size for t, r in zip(truth, top))
+            if hits > best_hits:
+                best, best_hits = rho, hits
+        return best
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:  # unused: encode is overridden
+        raise NotImplementedError
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape[1] < self.full_dim:
+            raise ValueError(f"tail codes need {self.full_dim} dims, got {x.shape[1]}")
+        inner = self.inner.encode(x)
+        tails = np.minimum(self._tail_norms(x) / self.scale, _FLOAT16_MAX).astype("<f2")
+        return np.concatenate([inner, tails.view(np.uint8).reshape(len(x), 2)], axis=1)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        return self.inner.decode(np.ascontiguousarray(codes[:, : self.inner.code_size]))
+
+    def _empty_ivf(self, nlist: int) -> faiss.IndexIVF:
+        return self.inner._empty_ivf(nlist)
+
+    def scan(
+        self,
+        queries: np.ndarray,
+        lists: list[tuple[np.ndarray, np.ndarray]],
+        assign: np.ndarray,
+        k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The inner codec's best ``k`` candidates, reordered by the tail estimate. Codes enter
+        faiss labelled by their position among all fetched codes, so a candidate's tail is one
+        index away.
+
+        Only the order changes, not the set: the read path asks for ``depth x copies``
+        candidates (a vector comes back once per probed posting holding it) and reranks the
+        first ``depth`` distinct ones, so the order decides which. Asking faiss for twice as
+        many gave the same recall on Fashion-MNIST, at 1.4x the scan time.
+
+        Returns the estimates and ids in that order: the reserved prefix-best first, then the
+        rest by estimate (so the estimates are not sorted across the two)."""
+        total = sum(len(ids) for ids, _ in lists)
+        if total == 0:
+            return self.inner.scan(queries, lists, assign, k)
+        size = self.inner.code_size
+        joined = np.concatenate([codes for _, codes in lists])
+        codes = np.ascontiguousarray(joined[:, :size])
+        tails = np.ascontiguousarray(joined[:, size:]).view("<f2")[:, 0].astype(np.float32)
+        tails *= self.scale
+        ids = np.concatenate([ids for ids, _ in lists])
+        positions = np.arange(total, dtype=np.int64)
+        inner_lists, at = [], 0
+        for list_ids, _ in lists:
+            inner_lists.append((positions[at : at + len(list_ids)], codes[at : at + len(list_ids)]))
+            at += len(list_ids)
+        scores, pos = self.inner.scan(queries, inner_lists, assign, k)
+        wide = scores.shape[1]
+        found = pos >= 0
+        x_tail = tails[np.where(found, pos, 0)]
+        q_tail = np.linalg.norm(queries[:, self.dim : self.full_dim], axis=1)[:, None]
+        l2 = self.metric == "l2"
+        if l2:
+            scores = scores + x_tail * (x_tail - 2 * self.rho * q_tail)
+            scores[~found] = np.inf
+            order = np.argsort(scores, axis=1, kind="stable")
+        else:
+            scores = scores + self.rho * q_tail * x_tail
+            scores[~found] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")
+        # the prefix's own best come first whatever their tails: a stored vector searched for
+        # (or a near duplicate) matches on every dim, which no rho < 1 estimate assumes
+        reserve = min(wide, max(1, k // TAIL_RESERVE))
+        rest = order[order >= reserve].reshape(len(order), wide - reserve)
+        order = np.concatenate([np.broadcast_to(np.arange(reserve), (len(order), reserve)),
+                                rest], axis=1)[:, :k]
+        labels = np.where(found, ids[np.where(found, pos, 0)], -1)
+        labels = np.take_along_axis(labels, order, axis=1)
+        return np.take_along_axis(scores, order, axis=1).astype(np.float32), labels
+
+    def to_bytes(self) -> bytes:
+        header = _TAIL_HEADER.pack(self.full_dim, self.rho, self.scale)
+        return _TAIL_MAGIC + header + self.inner.to_bytes()
+
+    @classmethod
+    def from_bytes(cls, dim: int, metric: Metric, blob: bytes) -> Codec:
+        raise NotImplementedError("load a tail codec with load_codec (it names the inner one)")
+
+
+def _pair_scores(queries: np.ndarray, base: np.ndarray, l2: bool) -> np.ndarray:
+    """Squared l2 distances (l2) or inner products, float32 [q, n], in BLAS."""
+    dots = queries @ base.T
+    if not l2:
+        return dots
+    return (queries**2).sum(1)[:, None] + (base**2).sum(1)[None, :] - 2 * dots
+
+
 _CODECS: dict[str, type[Codec]] = {
     SQ8Codec.name: SQ8Codec, FlatCodec.name: FlatCodec, OPQCodec.name: OPQCodec,
 }
 
 
-def make_codec(name: CodecName, dim: int, metric: Metric, pq_m: int = 64) -> Codec:
-    """A new, untrained codec of the given kind over ``dim`` (= d_scan) dims."""
-    if name == OPQCodec.name:
-        return OPQCodec(dim, metric, pq_m)
-    return _CODECS[name](dim, metric)
+def make_codec(
+    name: CodecName, dim: int, metric: Metric, pq_m: int = 64, *,
+    full_dim: int | None = None, tail_norms: bool = False,
+) -> Codec:
+    """A new, untrained codec of the given kind over ``dim`` (= d_scan) dims; wrapped in a
+    :class:`TailCodec` when ``tail_norms`` and the collection has dims beyond them
+    (``full_dim``)."""
+    inner = OPQCodec(dim, metric, pq_m) if name == OPQCodec.name else _CODECS[name](dim, metric)
+    if tail_norms and full_dim is not None and full_dim > dim:
+        return TailCodec(inner, full_dim)
+    return inner
 
 
 def load_codec(name: CodecName, dim: int, metric: Metric, blob: bytes) -> Codec:
-    """A trained codec from :meth:`Codec.to_bytes` output."""
+    """A trained codec from :meth:`Codec.to_bytes` output (a tail codec names itself)."""
+    if blob.startswith(_TAIL_MAGIC):
+        at = len(_TAIL_MAGIC)
+        full_dim, rho, scale = _TAIL_HEADER.unpack_from(blob, at)
+        inner = _CODECS[name].from_bytes(dim, metric, blob[at + _TAIL_HEADER.size :])
+        return TailCodec(inner, full_dim, rho, scale)
     return _CODECS[name].from_bytes(dim, metric, blob)

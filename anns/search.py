@@ -331,7 +331,7 @@ def _search_chunk(
     copies = max(1, min(view.replica_cap, pids.shape[1]))
     # no query can get more candidates than the chunk fetched: do not size heaps beyond that
     scan_k = max(1, min(depth * copies, int(sizes.sum())))
-    _, cand = view.codec.scan(prefix(queries, view.d_scan), lists, assign, scan_k)
+    _, cand = view.codec.scan(queries, lists, assign, scan_k)
     del lists, blobs
     cand = _first_unique(cand, depth)
     t3 = time.perf_counter()

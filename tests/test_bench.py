@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+import anns
+from anns.quantization import make_codec
 from bench import disk, targets, variants
 from bench.run import _finite
 
@@ -38,10 +40,19 @@ def test_choose_dims_keeps_the_energy_and_divides_the_prefix() -> None:
 def test_adaptive_variants_compare_at_equal_and_half_bytes() -> None:
     built, dims = variants.adaptive_variants(_nested(1000, 64), "cosine", quick=True)
     by = {v.label: v for v in built}
-    assert by[variants.RIGID].config["pq_m"] == by[variants.ADAPTIVE].config["pq_m"] == dims.pq_m
+    assert by[variants.RIGID].config["pq_m"] == dims.pq_m
     assert by[variants.RIGID].config["d_scan"] == 64
     assert by[variants.ADAPTIVE].config["d_scan"] == dims.d_scan < 64
     assert by[variants.OPQ_FULL_HALF].config["pq_m"] == dims.pq_m // 2
+
+    def code_size(label: str) -> int:  # what the build's codec will store per vector
+        cfg = anns.IndexConfig(dim=64, **by[label].config)
+        return make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m, full_dim=64,
+                          tail_norms=cfg.tail_norms).code_size
+
+    # prefix codes spend two bytes on the tail norm and two sub-quantizers fewer
+    assert code_size(variants.ADAPTIVE) == code_size(variants.RIGID) == dims.pq_m
+    assert code_size(variants.OPQ_PREFIX_HALF) == code_size(variants.OPQ_FULL_HALF)
     assert by[variants.OPQ_PREFIX_HALF].config["d_scan"] == dims.d_scan
     assert by[variants.ADAPTIVE].tune_recall == variants.TUNE_RECALL
     assert by[variants.RIGID].sweep == by[variants.OPQ_PREFIX_HALF].sweep  # same knobs

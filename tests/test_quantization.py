@@ -13,7 +13,16 @@ from hypothesis import given
 
 import strategies as S
 from anns.evaluation import clustered_data
-from anns.quantization import Codec, FlatCodec, OPQCodec, SQ8Codec, load_codec, make_codec
+from anns.quantization import (
+    TAIL_RESERVE,
+    Codec,
+    FlatCodec,
+    OPQCodec,
+    SQ8Codec,
+    TailCodec,
+    load_codec,
+    make_codec,
+)
 
 
 def _trained(name: str, x: np.ndarray, metric: str = "l2") -> Codec:
@@ -336,3 +345,127 @@ def test_opq_trains_on_fewer_vectors_than_dims() -> None:
     )
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-500:]}"
     assert "round trip (3, 1)" in done.stdout
+
+
+# ------------------------------------------------------------------------- tail norms
+def _tailed(name: str, x: np.ndarray, d_scan: int, metric: str = "l2") -> TailCodec:
+    codec = make_codec(name, d_scan, metric, 4, full_dim=x.shape[1], tail_norms=True)  # type: ignore[arg-type]
+    assert isinstance(codec, TailCodec)
+    codec.train(x)
+    return codec
+
+
+def _tail_estimate(codec: TailCodec, queries: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """What the tail codec adds to the prefix score of each (query, vector) pair."""
+    d, full = codec.dim, codec.full_dim
+    q_tail = np.linalg.norm(queries[:, d:full].astype(np.float64), axis=1)[:, None]
+    x_tail = np.linalg.norm(x[:, d:full].astype(np.float64), axis=1)[None, :]
+    if codec.metric == "l2":
+        return x_tail * (x_tail - 2 * codec.rho * q_tail)
+    return codec.rho * q_tail * x_tail
+
+
+def test_tail_codes_hold_the_prefix_code_and_the_tail_norm() -> None:
+    x = S.gaussian(1, 300, 12) * np.linspace(2, 0.1, 12, dtype=np.float32)
+    codec = _tailed("opq", x, 5)
+    codes = codec.encode(x)
+    assert codes.shape == (300, codec.inner.code_size + 2) and codec.code_size == 6
+    np.testing.assert_array_equal(codes[:, :4], codec.inner.encode(x))
+    stored = np.ascontiguousarray(codes[:, 4:]).view("<f2")[:, 0].astype(np.float64)
+    np.testing.assert_allclose(stored * codec.scale, np.linalg.norm(x[:, 5:], axis=1),
+                               rtol=1e-3)
+    # decode is the inner codec's reconstruction of the prefix
+    np.testing.assert_array_equal(codec.decode(codes), codec.inner.decode(codes[:, :4]))
+    assert codec.decode(codes).shape == (300, 5)
+
+
+def test_no_tail_without_dims_beyond_the_prefix() -> None:
+    assert isinstance(make_codec("opq", 8, "l2", 4, full_dim=8, tail_norms=True), OPQCodec)
+    assert isinstance(make_codec("sq8", 6, "l2", full_dim=8, tail_norms=False), SQ8Codec)
+
+
+@pytest.mark.parametrize("name", ["sq8", "opq"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@given(seed=S.seeds, lists=st.integers(1, 5), k=st.integers(1, 40))
+def test_tail_scan_keeps_the_prefix_candidates_and_orders_them_by_the_estimate(
+    name: str, metric: str, seed: int, lists: int, k: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    dim, d_scan = 10, 4
+    decay = np.linspace(1.5, 0.3, dim, dtype=np.float32)
+    codec = _tailed(name, S.gaussian(seed + 1, 200, dim) * decay, d_scan, metric)
+    sizes = rng.integers(0, 15, lists)
+    x = S.gaussian(seed, int(sizes.sum()), dim) * decay
+    ids = rng.permutation(10_000)[: len(x)].astype(np.int64)
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    codes = codec.encode(x) if len(x) else np.empty((0, codec.code_size), np.uint8)
+    posting = [(ids[a:b].copy(), codes[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    queries = S.gaussian(seed + 2, 3, dim) * decay
+    assign = np.tile(np.arange(lists), (3, 1))
+    got_scores, got = codec.scan(queries, posting, assign, k)
+    want_scores, want = codec.inner.scan(queries, posting_without_tails(posting, codec), assign, k)
+    assert got.shape == (3, k)
+    estimate = _tail_estimate(codec, queries, x)
+    prefix_scores = _scores(queries[:, :d_scan], codec.decode(codes), metric) if len(x) else None
+    pos = {int(i): r for r, i in enumerate(ids.tolist())}
+    reserve = max(1, k // TAIL_RESERVE)
+    for row in range(3):
+        # the same candidates as the prefix codes alone: only their order changes
+        assert sorted(got[row].tolist()) == sorted(want[row].tolist())
+        # the prefix's best few first, the rest by prefix score + the tail estimate
+        assert got[row, :reserve].tolist() == want[row, :reserve].tolist()
+        real = got[row][got[row] >= 0]
+        if not len(real):
+            continue
+        at = np.array([pos[int(i)] for i in real])
+        expect = prefix_scores[row, at] + estimate[row, at]  # type: ignore[index]
+        scale = 1 + np.abs(expect).max()
+        np.testing.assert_allclose(got_scores[row, : len(real)], expect, rtol=2e-3,
+                                   atol=2e-3 * scale)
+        rest = got_scores[row, reserve : len(real)]
+        assert (np.diff(rest) >= -1e-5 * scale).all() if metric == "l2" else (
+            np.diff(rest) <= 1e-5 * scale).all()
+
+
+def posting_without_tails(
+    posting: list[tuple[np.ndarray, np.ndarray]], codec: TailCodec
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    size = codec.inner.code_size
+    return [(ids, np.ascontiguousarray(codes[:, :size])) for ids, codes in posting]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_tail_codecs_survive_serialisation(metric: str) -> None:
+    x = S.gaussian(5, 400, 16) * np.linspace(2, 0.2, 16, dtype=np.float32)
+    codec = _tailed("opq", x, 8, metric)
+    back = load_codec("opq", 8, metric, codec.to_bytes())  # type: ignore[arg-type]
+    assert isinstance(back, TailCodec)
+    assert (back.full_dim, back.rho, back.scale) == (codec.full_dim, codec.rho, codec.scale)
+    np.testing.assert_array_equal(back.encode(x), codec.encode(x))
+    posting = [(np.arange(400, dtype=np.int64), codec.encode(x))]
+    assign = np.zeros((4, 1), dtype=np.int64)
+    for a, b in zip(codec.scan(x[:4], posting, assign, 20), back.scan(x[:4], posting, assign, 20)):
+        np.testing.assert_array_equal(a, b)
+    # a collection written before tail norms stays readable: a bare codec blob loads bare
+    assert isinstance(load_codec("opq", 8, metric, codec.inner.to_bytes()), OPQCodec)  # type: ignore[arg-type]
+
+
+def _tail_data(seed: int, related: bool) -> np.ndarray:
+    """Clustered 8-dim prefixes; tails either a fixed function of the prefix (neighbours'
+    tails point the same way) or independent noise of the same size."""
+    head, _ = clustered_data(3000, 8, spread=0.3, seed=seed)
+    rng = np.random.default_rng(seed)
+    if related:
+        tail = head @ rng.standard_normal((8, 8)).astype(np.float32) * 0.4
+    else:
+        tail = rng.standard_normal((3000, 8)).astype(np.float32) * 1.1
+    return np.ascontiguousarray(np.hstack([head, tail]), dtype=np.float32)
+
+
+def test_rho_is_fitted_to_how_neighbours_tails_relate() -> None:
+    # true neighbours are chosen on their tails too, so even unrelated tails correlate among
+    # them; tails that follow the prefix correlate more
+    related = _tailed("sq8", _tail_data(3, related=True), 8)
+    unrelated = _tailed("sq8", _tail_data(3, related=False), 8)
+    assert related.rho >= 0.6, related.rho
+    assert related.rho > unrelated.rho, (related.rho, unrelated.rho)

@@ -17,7 +17,7 @@ import anns
 import strategies as S
 from anns import CorruptCollectionError, InvalidArgumentError, SearchParams, StorageConfig
 from anns.basis import Basis
-from anns.evaluation import exact_knn, recall_at
+from anns.evaluation import clustered_data, exact_knn, recall_at
 from anns.storage import Storage
 from invariants import (
     assert_matches_brute_force,
@@ -102,7 +102,8 @@ def test_info_reports_the_stage_dims_and_centroids_at_d_route(
     view = staged_coll._view
     assert view is not None and view.router.centroids.shape == (info["postings"], 8)
     codec = staged_coll.config.codec
-    assert info["code_size"] == (16 if codec == "sq8" else 4)
+    # the codes of the 16-dim prefix, and two bytes of tail norm (the dims beyond 16)
+    assert info["code_size"] == (16 if codec == "sq8" else 4) + 2
     assert view.codec.dim == 16
     energy = info["prefix_energy"]
     basis = _basis(staged_coll)
@@ -441,3 +442,22 @@ def test_a_collection_whose_basis_has_the_wrong_shape_refuses_to_open(
     _replace_basis(tmp_path / "c", wrong.to_bytes())
     with pytest.raises(CorruptCollectionError, match="basis"):
         anns.Collection.open(tmp_path / "c")
+
+
+def test_tail_norms_rank_more_true_neighbours_into_the_same_rerank_depth(tmp_path: Path) -> None:
+    # energy decays over the dims, so the 8-dim prefix leaves out a real share of each
+    # distance: the tail estimate must recover some of it at an equal rerank depth
+    base, queries = clustered_data(3000, 32, queries=200, seed=1, spread=0.5)
+    decay = np.geomspace(1, 0.15, 32).astype(np.float32)
+    base, queries = base * decay, queries * decay
+    truth, _ = exact_knn(base, queries, 10, "l2")
+    recall = {}
+    for tail in (False, True):
+        config = {"dim": 32, "codec": "opq", "pq_m": 8, "d_scan": 8, "d_route": 8,
+                  "posting_size": 32, "tail_norms": tail}
+        anns.build(tmp_path / str(tail), base, config=config)
+        with anns.Collection.open(tmp_path / str(tail)) as coll:
+            assert coll.info()["code_size"] == 8 + 2 * tail
+            found = coll.search(queries, 10, max_postings=8, refine_factor=1.5).ids
+            recall[tail] = recall_at(found, truth, 10)
+    assert recall[True] > recall[False] + 0.005, recall

@@ -69,7 +69,7 @@ class VectorBatch(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("dim", "metric", "posting_size", "max_posting_size", "replica_cap", "eps1", "codec", "pq_m", "matryoshka", "d_route", "d_scan", "d_rerank", "train_sample_mb", "kmeans_iters", "centroid_index", "hnsw_threshold", "seed")
+    __slots__ = ("dim", "metric", "posting_size", "max_posting_size", "replica_cap", "eps1", "codec", "pq_m", "matryoshka", "d_route", "d_scan", "d_rerank", "train_sample_mb", "kmeans_iters", "centroid_index", "hnsw_threshold", "seed", "tail_norms")
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     POSTING_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class CollectionConfig(_message.Message):
     CENTROID_INDEX_FIELD_NUMBER: _ClassVar[int]
     HNSW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    TAIL_NORMS_FIELD_NUMBER: _ClassVar[int]
     dim: int
     metric: Metric
     posting_size: int
@@ -104,7 +105,8 @@ class CollectionConfig(_message.Message):
     centroid_index: CentroidIndex
     hnsw_threshold: int
     seed: int
-    def __init__(self, dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., posting_size: _Optional[int] = ..., max_posting_size: _Optional[int] = ..., replica_cap: _Optional[int] = ..., eps1: _Optional[float] = ..., codec: _Optional[_Union[Codec, str]] = ..., pq_m: _Optional[int] = ..., matryoshka: _Optional[bool] = ..., d_route: _Optional[int] = ..., d_scan: _Optional[int] = ..., d_rerank: _Optional[int] = ..., train_sample_mb: _Optional[float] = ..., kmeans_iters: _Optional[int] = ..., centroid_index: _Optional[_Union[CentroidIndex, str]] = ..., hnsw_threshold: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    tail_norms: bool
+    def __init__(self, dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., posting_size: _Optional[int] = ..., max_posting_size: _Optional[int] = ..., replica_cap: _Optional[int] = ..., eps1: _Optional[float] = ..., codec: _Optional[_Union[Codec, str]] = ..., pq_m: _Optional[int] = ..., matryoshka: _Optional[bool] = ..., d_route: _Optional[int] = ..., d_scan: _Optional[int] = ..., d_rerank: _Optional[int] = ..., train_sample_mb: _Optional[float] = ..., kmeans_iters: _Optional[int] = ..., centroid_index: _Optional[_Union[CentroidIndex, str]] = ..., hnsw_threshold: _Optional[int] = ..., seed: _Optional[int] = ..., tail_norms: _Optional[bool] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "state", "error", "config", "count", "postings", "disk_bytes", "tuned_recall_targets", "info_json")
