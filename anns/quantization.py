@@ -85,9 +85,10 @@ class Codec(abc.ABC):
         """float32 [n, >= dim] collection-space vectors -> uint8 [n, code_size]."""
         return self._encode(prefix(np.ascontiguousarray(x, dtype=np.float32), self.dim))
 
-    @abc.abstractmethod
     def _encode(self, x: np.ndarray) -> np.ndarray:
-        """float32 [n, dim] -> uint8 [n, code_size]."""
+        """float32 [n, dim] -> uint8 [n, code_size] (a codec of the prefix alone: the others
+        override :meth:`encode`)."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -505,9 +506,6 @@ class TailCodec(Codec):
             if hits > best_hits:
                 best, best_hits = rho, hits
         return best
-
-    def _encode(self, x: np.ndarray) -> np.ndarray:  # unused: encode is overridden
-        raise NotImplementedError
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
