@@ -22,6 +22,7 @@ from anns import (
 from anns.storage import (
     FORMAT_VERSION,
     TOMBSTONE,
+    VECTORS,
     Storage,
     decode_posting,
     decode_record,
@@ -169,6 +170,31 @@ def test_full_vectors_bypass_the_block_cache(tmp_path: Path) -> None:
         assert all(b is not None for b in store.get_postings(np.arange(20)))
         assert store.block_cache_usage() > before["block_cache"]
         assert store.memory_usage()["block_cache"] <= 1 << 20
+    finally:
+        store.close()
+
+
+def _table_figures(store: Storage, family: str) -> dict[str, int]:
+    """RocksDB's aggregated table properties of one family: '# data blocks', '# entries'..."""
+    text = store._cfs[family].property_value("rocksdb.aggregated-table-properties")
+    pairs = (item.split("=", 1) for item in text.split(";") if "=" in item)
+    return {k.strip(): int(v) for k, v in pairs if v.strip().isdigit()}
+
+
+@pytest.mark.parametrize(("dim", "per_block"), [(784, 1), (300, 1), (64, 4)])
+def test_a_vector_read_fetches_its_own_block(tmp_path: Path, dim: int, per_block: int) -> None:
+    """A rerank read fetches the whole block holding the vector: vectors of 1 KiB or more sit
+    one to a block (at RocksDB's default 4 KiB, two 3 KiB vectors shared one), smaller ones
+    a few to a block."""
+    store = Storage.create(tmp_path / "c", StorageConfig())
+    try:
+        batch = store.batch()
+        batch.put_vectors(np.arange(600), S.gaussian(0, 600, dim))
+        store.write(batch)
+        store.flush()
+        figures = _table_figures(store, VECTORS)
+        assert figures["# entries"] == 600
+        assert figures["# data blocks"] == 600 // per_block
     finally:
         store.close()
 
