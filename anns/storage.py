@@ -689,13 +689,17 @@ def _uncached_table() -> rocksdict.BlockBasedOptions:
     Blocks of ``VECTOR_BLOCK_BYTES``: a lookup reads a whole block, and at RocksDB's default
     4 KiB a block takes a second vector of 3 KiB (it is cut only past 90% full), so each
     rerank read fetched two vectors' pages (Fashion-MNIST: 30,000 blocks of 6.3 KB for 60,000
-    vectors). Smaller blocks hold one vector of 1 KiB or more; the block index grows by
-    about 10 bytes a block.
+    vectors). Smaller blocks hold one vector of 1 KiB or more. That doubles the entries of
+    the block index, which the table readers hold in RAM: its keys are prefix-compressed in
+    runs of 16 (a lookup's binary search ends in a scan of at most 16), which took it from
+    1.30 to 0.41 MB at 60,000 vectors (0.70 MB at two vectors a block and one key a run),
+    with no slowdown measured.
     """
     table = rocksdict.BlockBasedOptions()
     table.disable_cache()
     table.set_bloom_filter(10, False)
     table.set_block_size(VECTOR_BLOCK_BYTES)
+    table.set_index_block_restart_interval(16)
     return table
 
 
