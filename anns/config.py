@@ -78,7 +78,8 @@ class IndexConfig(_Frozen):
     """When ``d_scan`` is less than ``dim``: each code also stores the norm of the dims beyond
     ``d_scan`` (two bytes), and the scan adds an estimate of what those dims contribute to the
     distance (see :class:`anns.quantization.TailCodec`). Fewer candidates then need the rerank
-    for the same recall. No effect when the codes hold every dim."""
+    for the same recall. No effect when the codes hold every dim, nor for the cosine metric
+    (a unit vector's tail norm follows from its prefix)."""
 
     matryoshka: bool = False
     """True when the embedding model is Matryoshka-trained (its prefixes are embeddings):

@@ -605,9 +605,11 @@ def make_codec(
 ) -> Codec:
     """A new, untrained codec of the given kind over ``dim`` (= d_scan) dims; wrapped in a
     :class:`TailCodec` when ``tail_norms`` and the collection has dims beyond them
-    (``full_dim``)."""
+    (``full_dim``), unless the metric is cosine: a unit vector's tail norm follows from its
+    prefix's (``|x_t|^2 = 1 - |x_p|^2``), and on SciFact (MiniLM, 192 of 384 dims) the
+    correction moved recall@10 by at most 0.0003."""
     inner = OPQCodec(dim, metric, pq_m) if name == OPQCodec.name else _CODECS[name](dim, metric)
-    if tail_norms and full_dim is not None and full_dim > dim:
+    if tail_norms and full_dim is not None and full_dim > dim and metric != "cosine":
         return TailCodec(inner, full_dim)
     return inner
 

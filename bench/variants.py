@@ -140,9 +140,9 @@ def adaptive_variants(base: np.ndarray, metric: str, quick: bool) -> tuple[
     dims = choose_dims(base, metric)
     m, dim, grid = dims.pq_m, dims.dim, opq_grid(quick)
     half = max(1, m // 2)
-    # codes of a prefix also carry the tail's norm (IndexConfig.tail_norms, two bytes): two
-    # sub-quantizers fewer keep their bytes per vector equal to the full-vector codes'
-    tail = TAIL_BYTES if dims.d_scan < dim else 0
+    # codes of a prefix also carry the tail's norm (IndexConfig.tail_norms, two bytes; not for
+    # cosine): two sub-quantizers fewer keep their bytes per vector equal to the full codes'
+    tail = TAIL_BYTES if dims.d_scan < dim and metric != "cosine" else 0
     variants = [
         AnnsVariant(FULL_PRECISION, {"codec": "flat"}, flat_sweep(quick)),
         AnnsVariant(SQ8, {"codec": "sq8"}, flat_sweep(quick)),

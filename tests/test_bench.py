@@ -37,8 +37,9 @@ def test_choose_dims_keeps_the_energy_and_divides_the_prefix() -> None:
     assert dims.pq_m <= 128 // 8 and dims.d_route == dims.d_scan // 2
 
 
-def test_adaptive_variants_compare_at_equal_and_half_bytes() -> None:
-    built, dims = variants.adaptive_variants(_nested(1000, 64), "cosine", quick=True)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])  # l2: prefix codes carry a tail norm
+def test_adaptive_variants_compare_at_equal_and_half_bytes(metric: str) -> None:
+    built, dims = variants.adaptive_variants(_nested(1000, 64), metric, quick=True)
     by = {v.label: v for v in built}
     assert by[variants.RIGID].config["pq_m"] == dims.pq_m
     assert by[variants.RIGID].config["d_scan"] == 64
@@ -46,7 +47,7 @@ def test_adaptive_variants_compare_at_equal_and_half_bytes() -> None:
     assert by[variants.OPQ_FULL_HALF].config["pq_m"] == dims.pq_m // 2
 
     def code_size(label: str) -> int:  # what the build's codec will store per vector
-        cfg = anns.IndexConfig(dim=64, **by[label].config)
+        cfg = anns.IndexConfig(dim=64, metric=metric, **by[label].config)
         return make_codec(cfg.codec, cfg.scan_dims, cfg.metric, cfg.pq_m, full_dim=64,
                           tail_norms=cfg.tail_norms).code_size
 

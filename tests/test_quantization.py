@@ -379,9 +379,12 @@ def test_tail_codes_hold_the_prefix_code_and_the_tail_norm() -> None:
     assert codec.decode(codes).shape == (300, 5)
 
 
-def test_no_tail_without_dims_beyond_the_prefix() -> None:
+def test_no_tail_without_dims_beyond_the_prefix_or_for_unit_vectors() -> None:
     assert isinstance(make_codec("opq", 8, "l2", 4, full_dim=8, tail_norms=True), OPQCodec)
     assert isinstance(make_codec("sq8", 6, "l2", full_dim=8, tail_norms=False), SQ8Codec)
+    # a unit vector's tail norm follows from its prefix: nothing to store
+    assert isinstance(make_codec("opq", 6, "cosine", 2, full_dim=8, tail_norms=True), OPQCodec)
+    assert isinstance(make_codec("opq", 6, "ip", 2, full_dim=8, tail_norms=True), TailCodec)
 
 
 @pytest.mark.parametrize("name", ["sq8", "opq"])
