@@ -104,7 +104,8 @@ class Collection:
                     f"{config.dim}-dim vectors"
                 )
             router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
-            codec = load_codec(config.codec, config.scan_dims, config.metric, codec_blob)
+            codec = load_codec(config.codec, config.scan_dims, config.metric, codec_blob,
+                               full_dim=config.dim)
             self._view = self._make_view(basis, router, codec)
             del router_blob, codec_blob, basis_blob
             release_freed_heap()  # the read buffers of the blobs
@@ -371,11 +372,14 @@ class Collection:
             batch.put_meta("codec", new_codec.to_bytes())
             batch.put_meta("config", config.model_dump_json().encode())
             batch.delete_meta("profiles")
+            upgrade = self._upgrade_format(batch)
             new_view = self._make_view(view.basis, view.router, new_codec)
             with self._commit.write():
                 self._storage.write(batch)
                 self.config, self._view = config, new_view
                 self._profiles, self._default_profile = {}, None
+            if upgrade:
+                self._storage.upgraded()
             release_freed_heap()
             log.info("recoded postings: %s codes of %d dims, %d bytes per vector",
                      config.codec, config.scan_dims, new_codec.code_size)
@@ -533,9 +537,7 @@ class Collection:
             batch.put_meta(f"model/{name}", transform.to_bytes())
             batch.put_meta("models", models.to_json())
             batch.put_meta(f"model_report/{name}", json.dumps(report.to_dict()).encode())
-            upgrade = self._storage.format_version < FORMAT_VERSION
-            if upgrade:
-                self._storage.upgrade_format(batch)
+            upgrade = self._upgrade_format(batch)
             self._set_models(batch, models)
             if upgrade:
                 self._storage.upgraded()
@@ -621,11 +623,23 @@ class Collection:
         the config, models and a view of the new space at once (writer lock held)."""
         view = self._make_view(basis, router, codec, entries=entries, models=models,
                                config=config)
+        upgrade = self._upgrade_format(batch)
         with self._commit.write():
             self._storage.write(batch)
             self.config, self._view, self._models = config, view, models
             self._profiles, self._default_profile = {}, None
+        if upgrade:
+            self._storage.upgraded()
         release_freed_heap()
+
+    def _upgrade_format(self, batch: Batch) -> bool:
+        """Record in ``batch`` that an older collection is now FORMAT_VERSION (for a write
+        that may use what is new); whether it did: the caller then calls
+        ``Storage.upgraded`` once the batch is written."""
+        upgrade = self._storage.format_version < FORMAT_VERSION
+        if upgrade:
+            self._storage.upgrade_format(batch)
+        return upgrade
 
     def _set_meta(self, name: str, value: bytes) -> None:
         with self._lock:

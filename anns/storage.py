@@ -19,8 +19,12 @@ Format versions: 1 stored raw vectors and had no basis; 2 stores vectors (and ce
 codes) in the collection basis (``meta/basis``); 3 adds model versions: a vector of the base
 model is ``w = dim`` floats exactly as in format 2, one of another version is its ``w >= dim``
 floats (see :mod:`anns.models`) followed by the version's index, so the length alone tells the
-two apart and a base-only collection is byte-for-byte a format-2 one. Versions 1 and 2 still
-open (every vector of the base model); registering a model version upgrades them to 3.
+two apart and a base-only collection is byte-for-byte a format-2 one. 4 lets the codec
+(``meta/codec``) carry tail norms: its blob then starts with the tail header of
+:class:`~anns.quantization.TailCodec`, and every code ends in two bytes of tail norm; a
+collection whose codes hold no tail is byte-for-byte a format-3 one. Older versions still open
+(every vector of the base model); registering a model version, re-encoding the postings
+(``recode``) or rebasing upgrades them to the current version.
 
 Big-endian ids keep keys in numeric order. Every write of one library call goes through one
 :class:`Batch`, written as one atomic RocksDB WriteBatch: a call is durable entirely or not at
@@ -57,8 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever the layout above changes meaning. New collections are written in
 #: FORMAT_VERSION; any of READABLE_FORMATS opens; another is refused with both named.
-FORMAT_VERSION = 3
-READABLE_FORMATS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 
 POSTINGS, VECTORS, RECORDS, META = "postings", "vectors", "records", "meta"
 _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)

@@ -123,7 +123,8 @@ def tune(
     one query per call (latency). With ``store`` the profile is saved with the collection and
     becomes its default. ``d_scans``: scan prefixes to try as well; each is measured on
     postings re-encoded for it (:meth:`Collection.recode`, with the collection's codec and
-    code size, so every candidate costs the same bytes per vector) and the collection keeps
+    ``pq_m``; a prefix shorter than dim also stores its two-byte tail norm, where the
+    collection's ``tail_norms`` and metric call for it) and the collection keeps
     the winner's codes. Raises InvalidArgumentError for a target outside (0, 1], too few
     stored vectors or a d_scan the collection cannot hold, EmptyCollectionError for an
     empty collection.

@@ -11,16 +11,17 @@ them from the data:
 * ``rigid``: ``opq`` with ``M`` bytes per vector, every stage at the full dim
   (d_route = d_scan = d_rerank = dim).
 * ``adaptive``: ``opq`` with the same ``M`` bytes (equal bytes per vector), codes of a prefix
-  ``d_scan`` (``M - 2`` sub-quantizers and the two-byte norm of the dims beyond the prefix,
-  see :class:`anns.quantization.TailCodec`), centroids on a shorter prefix ``d_route``; at build the collection is tuned for
-  recall 0.95 (:meth:`anns.Collection.tune`, which also picks a shorter routing prefix, the
-  rerank dims, eps2, refine_factor and max_postings), and its sweep adds the tuned profile
-  and a max_postings ladder at the tuned knobs.
+  ``d_scan``, centroids on a shorter prefix ``d_route``. For l2 and ip the prefix codes also
+  carry the tail norm (:class:`anns.quantization.TailCodec`, two bytes), so they get ``M - 2``
+  sub-quantizers (62 of the 128-dim prefix: the OPQ rotation then projects onto 124 dims). At
+  build the collection is tuned for recall 0.95 (:meth:`anns.Collection.tune`, which also
+  picks a shorter routing prefix, the rerank dims, eps2, refine_factor and max_postings), and
+  its sweep adds the tuned profile and a max_postings ladder at the tuned knobs.
 * ``opq-full-M/2`` and ``opq-prefix-M/2`` (AdANNS-OPQ): half the bytes, coding the full vector
-  or the adaptive's prefix ``d_scan`` (the same routing prefix and tail norm too). So prefix-M/2 against
-  adaptive isolates the bytes, and prefix-M/2 against full-M/2 the prefix. (On Fashion-MNIST
-  32-byte codes of the 128-dim prefix measured better than of the 64-dim one: recall@10 0.936
-  against 0.916 at 16 postings and refine 3.)
+  or the adaptive's prefix ``d_scan`` (the same routing prefix and tail norm too). So
+  prefix-M/2 against adaptive isolates the bytes, and prefix-M/2 against full-M/2 the prefix.
+  (On Fashion-MNIST 32-byte codes of the 128-dim prefix measured better than of the 64-dim
+  one: recall@10 0.936 against 0.916 at 16 postings and refine 3.)
 
 The four OPQ variants share one grid of (max_postings, refine_factor), so their fronts are
 measured at the same knobs. How ``M`` and the prefixes follow from the data is in
@@ -98,7 +99,8 @@ def choose_dims(base: np.ndarray, metric: str) -> StageDims:
 
     ``d_scan``: the shortest candidate prefix keeping :data:`SCAN_ENERGY` of the energy;
     ``d_route`` = d_scan / 2; ``M`` (pq_m): the largest divisor of d_scan not above dim / 8
-    (so the OPQ rotation keeps all of d_scan: a non-divisor would project some away), at most
+    (so the OPQ rotation of the rigid and full-vector codes keeps every dim; the prefix codes'
+    ``M - 2`` sub-quantizers, see :func:`adaptive_variants`, project a few away), at most
     d_scan / 2 (two dims per byte); M/2 divides d_scan too.
     Fashion-MNIST (784, l2): d_scan 128 (0.93 of the energy), d_route 64, M 64. SciFact
     MiniLM (384, cosine): d_scan 192 (0.94), d_route 96, M 48.
@@ -148,10 +150,12 @@ def adaptive_variants(base: np.ndarray, metric: str, quick: bool) -> tuple[
         AnnsVariant(SQ8, {"codec": "sq8"}, flat_sweep(quick)),
         AnnsVariant(RIGID, {"codec": "opq", "pq_m": m, "d_route": dim, "d_scan": dim,
                             "d_rerank": dim}, grid),
-        AnnsVariant(ADAPTIVE, {"codec": "opq", "pq_m": m - tail, "d_scan": dims.d_scan,
-                               "d_route": dims.d_route}, grid, tune_recall=TUNE_RECALL),
+        AnnsVariant(ADAPTIVE, {"codec": "opq", "pq_m": max(1, m - tail),
+                               "d_scan": dims.d_scan, "d_route": dims.d_route}, grid,
+                    tune_recall=TUNE_RECALL),
         AnnsVariant(OPQ_FULL_HALF, {"codec": "opq", "pq_m": half}, grid),
-        AnnsVariant(OPQ_PREFIX_HALF, {"codec": "opq", "pq_m": half - tail, "d_scan": dims.d_scan,
+        AnnsVariant(OPQ_PREFIX_HALF, {"codec": "opq", "pq_m": max(1, half - tail),
+                                      "d_scan": dims.d_scan,
                                       "d_route": dims.d_route}, grid),
     ]
     return variants, dims

@@ -20,7 +20,7 @@ import pytest
 import anns
 import strategies as S
 from anns import SearchParams, StorageConfig
-from anns.storage import FORMAT_VERSION, READABLE_FORMATS
+from anns.storage import FORMAT_VERSION, READABLE_FORMATS, Storage
 from invariants import assert_matches_brute_force, check_layout, exhaustive, read_layout
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -43,7 +43,7 @@ def v1(tmp_path: Path) -> Path:
 def test_the_golden_collection_is_format_1_and_this_version_reads_it() -> None:
     marker = json.loads((GOLDEN / "v1" / "ANNS_COLLECTION").read_text())
     assert marker["format_version"] == 1
-    assert 1 in READABLE_FORMATS and FORMAT_VERSION == 3
+    assert 1 in READABLE_FORMATS and FORMAT_VERSION == 4
 
 
 def test_a_format_1_collection_opens_with_the_identity_basis(v1: Path) -> None:
@@ -111,22 +111,57 @@ def test_a_format_1_collection_takes_writes_and_stays_format_1(
     assert marker["format_version"] == 1
 
 
-def test_new_collections_are_format_3(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_new_collections_are_format_4(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
     anns.build(tmp_path / "built", small[0], config={"posting_size": 32})
     with anns.Collection.open(tmp_path / "built") as coll:
-        assert coll.info()["format_version"] == FORMAT_VERSION == 3
+        assert coll.info()["format_version"] == FORMAT_VERSION == 4
         assert coll.info()["basis"] == "pca"
     with anns.Collection.create(tmp_path / "created", anns.IndexConfig(dim=8)) as coll:
-        assert coll.info()["format_version"] == 3
+        assert coll.info()["format_version"] == 4
         assert coll.info()["basis"] is None  # empty: no basis until the first add
         coll.add(small[0][:100])
         assert coll.info()["basis"] == "pca"
     for name in ("built", "created"):
         marker = json.loads((tmp_path / name / "ANNS_COLLECTION").read_text())
-        assert marker["format_version"] == 3
+        assert marker["format_version"] == 4
 
 
-def test_registering_a_model_upgrades_a_format_1_collection_to_format_3(
+def _as_format_3(path: Path) -> None:
+    """Make a collection look written by format 3: marker, stored version, and a config
+    without ``tail_norms`` (which format 3 did not have)."""
+    store = Storage.open(path, StorageConfig())
+    try:
+        config = json.loads(store.get_meta("config") or b"{}")
+        del config["tail_norms"]
+        batch = store.batch()
+        batch.put_meta("config", json.dumps(config).encode())
+        batch.put_meta("format_version", b"3")
+        store.write(batch)
+    finally:
+        store.close()
+    (path / "ANNS_COLLECTION").write_text(json.dumps({"format_version": 3}) + "\n")
+
+
+def test_recoding_a_format_3_collection_adds_tail_norms_and_upgrades_it_to_format_4(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    base, queries = small
+    config = {"posting_size": 32, "d_scan": 4, "d_route": 4, "tail_norms": False}
+    anns.build(tmp_path / "c", base, config=config)
+    _as_format_3(tmp_path / "c")
+    with anns.Collection.open(tmp_path / "c") as coll:
+        assert coll.info()["format_version"] == 3 and coll.info()["code_size"] == 4
+        before = coll.search(queries, 5, exhaustive(len(base), 5))
+        out = coll.recode()  # same dims and codec: the config's default now adds the tail
+        assert out["code_size"] == coll.info()["code_size"] == 4 + 2
+        assert coll.info()["format_version"] == 4
+        after = coll.search(queries, 5, exhaustive(len(base), 5))
+    np.testing.assert_array_equal(after.ids, before.ids)  # exhaustive: exact either way
+    assert json.loads((tmp_path / "c" / "ANNS_COLLECTION").read_text())["format_version"] == 4
+    with anns.Collection.open(tmp_path / "c") as coll:  # reopens with its tail codec
+        assert coll.info()["format_version"] == 4 and coll.info()["code_size"] == 6
+
+def test_registering_a_model_upgrades_a_format_1_collection_to_the_current_format(
     v1: Path, expected: dict[str, np.ndarray]
 ) -> None:
     vectors, queries = expected["vectors"], expected["queries"]
@@ -136,7 +171,7 @@ def test_registering_a_model_upgrades_a_format_1_collection_to_format_3(
     new = (vectors @ rotation + 0.01 * rng.standard_normal(vectors.shape)).astype(np.float32)
     with anns.Collection.open(v1) as coll:
         coll.add_model("v2", vectors, new, current=False)
-        assert coll.info()["format_version"] == 3
+        assert coll.info()["format_version"] == FORMAT_VERSION
         # the base model answers exactly as format 1 did
         result = coll.search(queries, 5, RECORDED)
         np.testing.assert_array_equal(result.ids, expected["ids"])
@@ -146,9 +181,9 @@ def test_registering_a_model_upgrades_a_format_1_collection_to_format_3(
         overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(by_new.ids, expected["ids"])])
         assert overlap >= 0.9
     marker = json.loads((v1 / "ANNS_COLLECTION").read_text())
-    assert marker["format_version"] == 3
-    with anns.Collection.open(v1) as coll:  # and it reopens as format 3, both models intact
-        assert coll.info()["format_version"] == 3
+    assert marker["format_version"] == FORMAT_VERSION
+    with anns.Collection.open(v1) as coll:  # and it reopens in that format, both models intact
+        assert coll.info()["format_version"] == FORMAT_VERSION
         models = coll.models()
         assert models["current"] == "default" and set(models["versions"]) == {"default", "v2"}
         assert models["versions"]["default"]["count"] == 300
