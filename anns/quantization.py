@@ -564,8 +564,6 @@ class TailCodec(Codec):
         # an empty posting may come as codes of shape (0, 0): leave it out of the join
         joined = np.concatenate([codes for ids, codes in lists if len(ids)])
         codes = np.ascontiguousarray(joined[:, :size])
-        tails = np.ascontiguousarray(joined[:, size:]).view("<f2")[:, 0].astype(np.float32)
-        tails *= self.scale
         ids = np.concatenate([ids for ids, _ in lists if len(ids)])
         positions = np.arange(total, dtype=np.int64)
         inner_lists, at = [], 0
@@ -573,28 +571,31 @@ class TailCodec(Codec):
             inner_lists.append((positions[at : at + len(list_ids)], codes[at : at + len(list_ids)]))
             at += len(list_ids)
         scores, pos = self.inner.scan(queries, inner_lists, assign, k)
-        wide = scores.shape[1]
         found = pos >= 0
-        x_tail = tails[np.where(found, pos, 0)]
-        q_tail = np.linalg.norm(queries[:, self.dim : self.full_dim], axis=1)[:, None]
+        at = np.where(found, pos, 0)
+        # the tails of the candidates only (float16 in the last two bytes of their codes)
+        x_tail = np.ascontiguousarray(joined[at, size:]).view("<f2")[..., 0].astype(np.float32)
+        x_tail *= self.scale
+        tail = queries[:, self.dim : self.full_dim]
+        q_tail = np.sqrt(np.einsum("ij,ij->i", tail, tail))[:, None]
         l2 = self.metric == "l2"
+        worst = np.inf if l2 else -np.inf
         if l2:
             scores = scores + x_tail * (x_tail - 2 * self.rho * q_tail)
-            scores[~found] = np.inf
-            order = np.argsort(scores, axis=1, kind="stable")
         else:
             scores = scores + self.rho * q_tail * x_tail
-            scores[~found] = -np.inf
-            order = np.argsort(-scores, axis=1, kind="stable")
-        # the prefix's own best few come first whatever their tails: a stored vector searched
-        # for (or a near duplicate) matches on every dim, which no rho < 1 estimate assumes
-        reserve = min(wide, max(TAIL_RESERVE_MIN, k // TAIL_RESERVE))
-        rest = order[order >= reserve].reshape(len(order), wide - reserve)
-        order = np.concatenate([np.broadcast_to(np.arange(reserve), (len(order), reserve)),
-                                rest], axis=1)[:, :k]
-        labels = np.where(found, ids[np.where(found, pos, 0)], -1)
-        labels = np.take_along_axis(labels, order, axis=1)
-        return np.take_along_axis(scores, order, axis=1).astype(np.float32), labels
+        scores[~found] = worst
+        # the prefix's own best few come first whatever their tails (faiss gave them in the
+        # prefix's order): a stored vector searched for, or a near duplicate, matches on
+        # every dim, which no rho < 1 estimate assumes
+        reserve = min(k, max(TAIL_RESERVE_MIN, k // TAIL_RESERVE))
+        key = scores if l2 else -scores
+        key = np.where(np.arange(k) < reserve, -np.inf, key)
+        order = np.argsort(key, axis=1, kind="stable")
+        rows = np.arange(len(order))[:, None]
+        labels = ids[at]
+        labels[~found] = -1
+        return scores[rows, order].astype(np.float32, copy=False), labels[rows, order]
 
     def to_bytes(self) -> bytes:
         header = _TAIL_HEADER.pack(self.full_dim, self.rho, self.scale)
