@@ -76,7 +76,8 @@ class Codec(abc.ABC):
         ``CODEC_TRAIN_ROWS`` of them (a no-op for codecs without parameters)."""
         x = np.ascontiguousarray(sample, dtype=np.float32)
         if len(x) > CODEC_TRAIN_ROWS:
-            x = x[np.sort(np.random.default_rng(0).choice(len(x), CODEC_TRAIN_ROWS, replace=False))]
+            rows = np.random.default_rng(0).choice(len(x), CODEC_TRAIN_ROWS, replace=False)
+            x = x[np.sort(rows)]
         self._train(prefix(x, self.dim))
 
     def _train(self, sample: np.ndarray) -> None:  # noqa: B027 - optional for codecs
@@ -520,7 +521,7 @@ class TailCodec(Codec):
             else:
                 estimate = -(approx + rho * np.outer(q_tail, x_tail))
             top = np.argpartition(estimate, depth - 1, axis=1)[:, :depth]
-            hits = sum(np.intersect1d(t, r).size for t, r in zip(truth, top))
+            hits = int((top[:, :, None] == truth[:, None, :]).sum())
             if hits > best_hits:
                 best, best_hits = rho, hits
         return best
@@ -572,12 +573,11 @@ class TailCodec(Codec):
             at += len(list_ids)
         scores, pos = self.inner.scan(queries, inner_lists, assign, k)
         found = pos >= 0
-        at = np.where(found, pos, 0)
+        safe = np.where(found, pos, 0)
         # the tails of the candidates only (float16 in the last two bytes of their codes)
-        x_tail = np.ascontiguousarray(joined[at, size:]).view("<f2")[..., 0].astype(np.float32)
+        x_tail = np.ascontiguousarray(joined[safe, size:]).view("<f2")[..., 0].astype(np.float32)
         x_tail *= self.scale
-        tail = queries[:, self.dim : self.full_dim]
-        q_tail = np.sqrt(np.einsum("ij,ij->i", tail, tail))[:, None]
+        q_tail = self._tail_norms(queries)[:, None]
         l2 = self.metric == "l2"
         worst = np.inf if l2 else -np.inf
         if l2:
@@ -593,7 +593,7 @@ class TailCodec(Codec):
         key = np.where(np.arange(k) < reserve, -np.inf, key)
         order = np.argsort(key, axis=1, kind="stable")
         rows = np.arange(len(order))[:, None]
-        labels = ids[at]
+        labels = ids[safe]
         labels[~found] = -1
         return scores[rows, order].astype(np.float32, copy=False), labels[rows, order]
 
