@@ -87,6 +87,12 @@ class Basis:
             return x
         return np.ascontiguousarray(x @ self.matrix)
 
+    def apply_prefix(self, x: np.ndarray, dims: int) -> np.ndarray:
+        """The first ``dims`` dims of :meth:`apply` (only those columns of the map)."""
+        if self.matrix is None:
+            return np.ascontiguousarray(x[:, :dims])
+        return np.ascontiguousarray(x @ self.matrix[:, :dims])
+
     def apply_in_place(self, x: np.ndarray) -> np.ndarray:
         """:meth:`apply` for a large writable float32 array, overwriting it a bounded block of
         rows at a time (no second copy of it); returns ``x``."""

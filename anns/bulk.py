@@ -40,7 +40,7 @@ from anns.memory import peak_rss_bytes, release_freed_heap, rss_bytes
 from anns.quantization import make_codec
 from anns.routing import Router, balanced_clusters
 from anns.storage import Storage, encode_posting, encode_records
-from anns.vectors import as_ids, as_vectors, prefix
+from anns.vectors import as_ids, as_vectors, check_storable, prefix
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,8 @@ class _Builder:
         self._bar_off: bool | None = None if progress else True
         self._unflushed = 0
         self.basis: Basis | None = None  # fitted in _train; from then on _rows applies it
+        # the base model's vectors are stored as given (one byte a dim), not in the basis
+        self.raw = cfg.vector_dtype != "float32" and version == 0
 
     def run(self, started: float) -> BuildSummary:
         cfg = self.cfg
@@ -210,14 +212,15 @@ class _Builder:
         return summary
 
     # ------------------------------------------------------------------------- stages
-    def _chunks(self, desc: str) -> Iterator[tuple[int, np.ndarray]]:
-        """Validated float32 chunks (normalised for cosine) with their start row."""
+    def _chunks(self, desc: str, *, as_given: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """Validated float32 chunks (normalised for cosine) with their start row, in the
+        collection basis once it is fitted unless ``as_given``."""
         with tqdm(
             total=self.n, desc=desc, unit="vec", unit_scale=True, disable=self._bar_off,
             leave=False,
         ) as bar:  # closed (line cleared) also when a chunk is invalid or the consumer fails
             for s in range(0, self.n, self.chunk):
-                block = self._rows(slice(s, s + self.chunk))
+                block = self._rows(slice(s, s + self.chunk), as_given=as_given)
                 yield s, block
                 bar.update(len(block))
 
@@ -231,10 +234,11 @@ class _Builder:
             release_freed_heap()  # the flushed memtable's arena
             self._unflushed = 0
 
-    def _rows(self, which: slice | np.ndarray) -> np.ndarray:
+    def _rows(self, which: slice | np.ndarray, *, as_given: bool = False) -> np.ndarray:
         """Validated float32 copy of some input rows (normalised for cosine), in the
-        collection basis once it is fitted; the input's pages are dropped from RSS
-        afterwards, so memory stays bounded by the copies."""
+        collection basis once it is fitted unless ``as_given``; the input's pages are dropped
+        from RSS afterwards, so memory stays bounded by the copies. Rows an integer
+        ``vector_dtype`` cannot store are refused here, before anything is written."""
         rows = np.arange(self.n)[which] if isinstance(which, slice) else which
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for s in range(0, len(rows), self.chunk):  # bounded reads of the mapping at a time
@@ -242,7 +246,9 @@ class _Builder:
             src = self.x[part[0] : part[-1] + 1] if _is_run(part) else self.x[part]
             out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
             drop_resident_pages(self.x)
-        return out if self.basis is None else self.basis.apply_in_place(out)
+        if self.raw:
+            check_storable(out, self.cfg.vector_dtype)
+        return out if self.basis is None or as_given else self.basis.apply_in_place(out)
 
     def _train(self) -> tuple[Router, Any]:
         cfg = self.cfg
@@ -332,9 +338,10 @@ class _Builder:
         counts = np.diff(bounds)
         width = max(1, int(counts.max(initial=0)))
         batch, pending = self.store.batch(), 0
-        for s, block in self._chunks("write vectors"):
+        for s, block in self._chunks("write vectors", as_given=self.raw):
             ids = self.ids[s : s + len(block)]
-            batch.put_vectors(ids, block, self.version)
+            stored = block.astype(self.cfg.vector_dtype) if self.raw else block
+            batch.put_vectors(ids, stored, self.version)
             # the chunk's postings per row, -1 padded: every record encoded at once
             c = counts[s : s + len(block)]
             a = int(bounds[s])

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vectors", required=True, type=Path)
     p.add_argument("--ids", type=Path, help=".npy of int64 ids (default: row numbers)")
     p.add_argument("--metric", choices=["l2", "ip", "cosine"])
+    p.add_argument("--vector-dtype", choices=["float32", "uint8", "int8"],
+                   help="how full vectors are stored: uint8/int8 keep integer data as given, "
+                        "a quarter of float32's bytes (default float32)")
     p.add_argument("--config", type=Path, help="JSON file of IndexConfig fields")
     p.add_argument("--no-progress", action="store_true")
     _storage_args(p)
@@ -209,6 +212,8 @@ def _cmd_build(args: argparse.Namespace) -> None:
     config: dict[str, Any] = _config_file(args.config) if args.config else {}
     if args.metric:
         config["metric"] = args.metric
+    if args.vector_dtype:
+        config["vector_dtype"] = args.vector_dtype
     summary = build(
         args.dir, args.vectors, args.ids, config,
         storage=_storage_config(args), progress=not args.no_progress,

@@ -19,6 +19,7 @@ from anns.errors import InvalidArgumentError
 Metric = Literal["l2", "ip", "cosine"]
 CodecName = Literal["sq8", "flat", "opq"]
 CentroidIndexKind = Literal["auto", "flat", "hnsw"]
+VectorDType = Literal["float32", "uint8", "int8"]
 
 #: Largest k a search accepts. Results are materialised as dense [q, k] arrays and every
 #: query reranks at least k full vectors, so k is a memory and I/O multiplier.
@@ -81,6 +82,17 @@ class IndexConfig(_Frozen):
     for the same recall. No effect when the codes hold every dim, nor for the cosine metric
     (a unit vector's tail norm follows from its prefix)."""
 
+    vector_dtype: VectorDType = "float32"
+    """How the full vectors (what the exact rerank reads) are stored. ``float32``: in the
+    collection basis, 4 bytes a dim. ``uint8`` / ``int8``: for data whose values are integers
+    (pixels, SIFT-like descriptors, integer-quantised embeddings), stored exactly as given at
+    one byte a dim, so every rerank read is a quarter of the bytes and the rerank is still
+    exact (it scores in the model's own space, where distances equal the basis's). Every
+    vector of the base model must then hold integers in the type's range (a write that does
+    not is refused, naming the value); queries may hold any floats. Not with ``cosine``,
+    whose unit-length vectors are not integers. Vectors of later model versions
+    (:meth:`anns.Collection.add_model`) are stored as float32."""
+
     matryoshka: bool = False
     """True when the embedding model is Matryoshka-trained (its prefixes are embeddings):
     vectors are used as given. False: a PCA rotation learned at build orders the dims by
@@ -128,6 +140,12 @@ class IndexConfig(_Frozen):
             value = getattr(self, name)
             if value is not None and value > self.dim:
                 raise ValueError(f"{name} {value} is larger than dim {self.dim}")
+        if self.vector_dtype != "float32" and self.metric == "cosine":
+            raise ValueError(
+                f"vector_dtype {self.vector_dtype} stores vectors exactly as given, and the "
+                f"cosine metric stores them normalised to unit length (not integers): use "
+                f"float32, or normalise the data and pick ip"
+            )
         if self.route_dims > self.scan_dims:
             raise ValueError(
                 f"d_route {self.route_dims} is larger than d_scan {self.scan_dims}: routing "

@@ -63,7 +63,7 @@ from anns.tuning import (
     profiles_to_json,
     tune,
 )
-from anns.vectors import as_ids, as_vectors, check_k, prefix
+from anns.vectors import as_ids, as_vectors, check_k, check_storable, prefix
 
 if TYPE_CHECKING:
     from anns.backfill import BackfillReport
@@ -353,8 +353,8 @@ class Collection:
             # one pass over the vectors: the new code of every stored id, by position
             codes = np.empty((len(all_ids), new_codec.code_size), dtype=np.uint8)
             at = 0
-            for _, vectors in self._storage.iter_vectors(self.dim):
-                codes[at : at + len(vectors)] = new_codec.encode(vectors)
+            for _, vectors, versions in self._storage.iter_vectors(self.dim, view.vector_dtype):
+                codes[at : at + len(vectors)] = new_codec.encode(view.stored(vectors, versions))
                 at += len(vectors)
             batch = self._storage.batch()
             old_size = view.codec.code_size
@@ -399,29 +399,42 @@ class Collection:
     def _stored(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of validated ids, in the collection basis; NotFoundError names
         missing ids."""
+        rows, versions = self._decoded(ids)
+        # the base-space image of every version: the first dim floats
+        return np.ascontiguousarray(self._require_view().stored(rows, versions)[:, : self.dim])
+
+    def _decoded(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~anns.storage.decode_vectors` of validated ids' stored vectors, cut to the
+        base dims; NotFoundError names missing ids."""
         blobs = self._storage.get_vectors(ids)
         missing = [int(i) for i, b in zip(ids, blobs) if b is None]
         if missing:
             raise NotFoundError(f"{len(missing)} id(s) not stored, e.g. {missing[:5]}")
         if not len(ids):
-            return np.empty((0, self.dim), dtype=np.float32)
-        # the base-space image of every version: the first dim floats
-        return np.ascontiguousarray(decode_vectors(blobs, self.dim)[0][:, : self.dim])  # type: ignore[arg-type]
+            return np.empty((0, self.dim), dtype=np.float32), np.zeros(0, np.int64)
+        rows, versions = decode_vectors(blobs, self.dim, self._require_view().vector_dtype)  # type: ignore[arg-type]
+        return np.ascontiguousarray(rows[:, : self.dim]), versions
 
     def get(self, ids: Any) -> np.ndarray:
         """Full stored vectors of ``ids`` as float32 [n, dim]; NotFoundError names missing ids.
 
         Vectors are stored in the collection basis; a PCA basis maps them back with float32
         rounding (about 1e-7 relative), so they equal what was added up to that (cosine
-        collections return the normalised vectors). A vector stored under another model
-        version comes back as its image in the base model's space (see :mod:`anns.models`)."""
+        collections return the normalised vectors). An integer ``vector_dtype`` stores them
+        as given: they come back exactly. A vector stored under another model version comes
+        back as its image in the base model's space (see :mod:`anns.models`)."""
         self._check_open()
-        stored = self._stored(as_ids(ids))
-        if not len(stored):
-            return stored
+        rows, versions = self._decoded(as_ids(ids))
+        if not len(rows):
+            return rows
+        view = self._require_view()
+        mapped = versions != 0 if view.raw_vectors else np.ones(len(rows), dtype=bool)
         # back from the collection basis: the vector as given, up to float32 rounding of
         # the rotation (exact for an identity basis)
-        return self._require_view().basis.invert(stored)
+        if mapped.all():
+            return view.basis.invert(rows)
+        rows[mapped] = view.basis.invert(np.ascontiguousarray(rows[mapped]))
+        return rows
 
     def contains(self, ids: Any) -> np.ndarray:
         """bool [n]: which ids are stored (and not deleted)."""
@@ -694,6 +707,10 @@ class Collection:
         x = as_vectors(vectors, version.dim, metric=self.config.metric)
         with self._lock:
             self._check_open()
+            # what the vectors family holds: the base model's vectors as given for an integer
+            # vector_dtype (checked before anything is written), else their stored form
+            dtype = self.config.vector_dtype if version.is_base else "float32"
+            as_given = check_storable(x, dtype)
             if ids is None:
                 if replace:
                     raise FailedPreconditionError("upsert needs explicit ids")
@@ -728,7 +745,7 @@ class Collection:
 
             for pid, (p_ids, p_codes) in postings.items():
                 batch.put_posting(pid, encode_posting(p_ids, p_codes))
-            batch.put_vectors(ids, x, version.index)
+            batch.put_vectors(ids, x if as_given.dtype == np.float32 else as_given, version.index)
             batch.put_records(ids, encode_records(rep, version=version.index))
             batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
             self._put_counts(batch, old_versions[live], version, len(ids))
@@ -897,7 +914,7 @@ class Collection:
             self._storage, router, codec, cfg.metric, cfg.dim,
             posting_bytes=mean_len * (8 + codec.code_size), replica_cap=cfg.replica_cap,
             basis=basis, d_scan=codec.dim, d_rerank=cfg.rerank_dims,
-            models=models or self._models,
+            models=models or self._models, vector_dtype=cfg.vector_dtype,
         )
 
     def _require_view(self) -> ReadView:

@@ -118,7 +118,7 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     assert transform is not None
     view = coll._require_view()
     storage = coll._storage
-    ids, z = _unshifted(storage, coll.dim, version, transform)
+    ids, z = _unshifted(storage, coll.dim, view.vector_dtype, version, transform)
     # the new space: principal axes of the vectors, as many as the model has dims (a model
     # narrower than the old space spans only that many of its dims)
     fitted = Basis.fit_pca(z, coll.config.metric)
@@ -128,7 +128,8 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
     z = _rotated(z, axes)
 
     fields = coll.config.model_dump()
-    fields.update(dim=dim, matryoshka=False)
+    # the new model's vectors are floats: they are stored (as float32) in the new space
+    fields.update(dim=dim, matryoshka=False, vector_dtype="float32")
     if seed is not None:
         fields["seed"] = seed
     config = validated(IndexConfig, **fields)
@@ -181,7 +182,7 @@ def rebase(coll: Collection, *, seed: int | None = None) -> RebaseReport:
 
 
 def _unshifted(
-    storage: Storage, dim: int, version: ModelVersion, transform: ModelTransform
+    storage: Storage, dim: int, dtype: str, version: ModelVersion, transform: ModelTransform
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every stored vector's ``x @ M`` (its stored form less the offset), float32 [n, width],
     with the ids (ascending)."""
@@ -189,7 +190,7 @@ def _unshifted(
     z = np.empty((len(ids), transform.dim), dtype=np.float32)
     for s in range(0, len(ids), _READ_ROWS):
         part = ids[s : s + _READ_ROWS]
-        rows, versions = decode_vectors(storage.get_vectors(part), dim)  # type: ignore[arg-type]
+        rows, versions = decode_vectors(storage.get_vectors(part), dim, dtype)  # type: ignore[arg-type]
         if (versions != version.index).any() or rows.shape[1] != transform.dim:
             raise FailedPreconditionError(
                 f"vectors of another model version than {version.name!r} are stored; "

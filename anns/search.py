@@ -162,6 +162,28 @@ class ReadView:
     """Default dims of the exact rerank."""
     models: Models | None = None
     """The model versions (None: the base model only)."""
+    vector_dtype: str = "float32"
+    """How base vectors are stored (``IndexConfig.vector_dtype``): other than float32, as
+    given (raw), so they are scored against raw queries or mapped by :meth:`stored`."""
+
+    @property
+    def raw_vectors(self) -> bool:
+        return self.vector_dtype != "float32"
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes of one stored base vector."""
+        return self.dim * (1 if self.raw_vectors else 4)
+
+    def stored(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:
+        """Decoded vectors (:func:`~anns.storage.decode_vectors`) in the collection basis:
+        the raw base vectors of an integer collection mapped through it, in place."""
+        if self.raw_vectors and len(rows):
+            base = np.flatnonzero(versions == 0)
+            if len(base) == len(rows) and rows.shape[1] == self.dim:
+                return self.basis.apply_in_place(rows)
+            rows[base, : self.dim] = self.basis.apply(np.ascontiguousarray(rows[base, : self.dim]))
+        return rows
 
     @property
     def d_route(self) -> int:
@@ -205,16 +227,18 @@ def _search(
     # full: the query on all dims of its own version (same-version rerank), None for the
     # base model; the base-space image routes, scans, and scores other versions' vectors
     full = None if model is None or model.is_base else _full_query(model, queries, view)
+    # raw: the base model's queries as given, for the rerank of vectors stored as given
+    raw = queries if view.raw_vectors and (model is None or model.is_base) else None
     queries = view.basis.apply(queries) if model is None else model.base_image(queries, view.basis)
     pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
     route = time.perf_counter() - t0
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
     if pids.size <= budget:  # one chunk, the queries in their own order: nothing to put back
         ids, distances, stats = _search_chunk(
-            view, queries, pids, k, params, d_rerank, full, model)
+            view, queries, pids, k, params, d_rerank, full, model, raw)
     else:
         ids, distances, stats = _search_chunks(
-            view, queries, pids, k, params, d_rerank, full, model, budget)
+            view, queries, pids, k, params, d_rerank, full, model, budget, raw)
     stats = replace(stats, seconds={"route": route, **stats.seconds})
     _heap_churn.add(stats.bytes_read)
     return ids, distances, stats
@@ -223,6 +247,7 @@ def _search(
 def _search_chunks(
     view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams,
     d_rerank: int, full: np.ndarray | None, model: ModelVersion | None, budget: int,
+    raw: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
     """A batch whose postings exceed the fetch budget, chunk by chunk."""
     q = len(queries)
@@ -234,7 +259,7 @@ def _search_chunks(
     for rows in chunks:
         chunk_ids, chunk_dist, chunk_stats = _search_chunk(
             view, queries[rows], pids[rows], k, params, d_rerank,
-            None if full is None else full[rows], model,
+            None if full is None else full[rows], model, None if raw is None else raw[rows],
         )
         ids[rows] = chunk_ids
         distances[rows] = chunk_dist
@@ -307,6 +332,7 @@ def _full_query(model: ModelVersion, queries: np.ndarray, view: ReadView) -> np.
 def _search_chunk(
     view: ReadView, queries: np.ndarray, pids: np.ndarray, k: int, params: SearchParams,
     d_rerank: int, full: np.ndarray | None = None, model: ModelVersion | None = None,
+    raw: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
     seconds: dict[str, float] = {}
     t1 = time.perf_counter()
@@ -339,7 +365,7 @@ def _search_chunk(
 
     # rerank: exact distances on full vectors
     out_ids, out_dist, vector_bytes, reranked = _rerank(
-        view, queries, cand, k, d_rerank, full, model)
+        view, queries, cand, k, d_rerank, full, model, raw)
     seconds["rerank"] = time.perf_counter() - t3
 
     # per query: what each probed posting held and weighed, summed along the query's row
@@ -351,7 +377,7 @@ def _search_chunk(
     per_query = QueryStats(
         postings_probed=probed_q.astype(np.int64, copy=False),
         candidates_scored=candidates_q.sum(1),
-        bytes_read=bytes_q.sum(1) + reranked * (4 * view.dim),
+        bytes_read=bytes_q.sum(1) + reranked * view.vector_bytes,
         reranked=reranked,
     )
     postings_probed = int(probed_q.sum())
@@ -400,10 +426,15 @@ def _first_unique(cand: np.ndarray, depth: int) -> np.ndarray:
 def _rerank(
     view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int, d_rerank: int,
     full: np.ndarray | None = None, model: ModelVersion | None = None,
+    raw: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
     """Top-k among candidates [q, r] (-1 = none) by distance on the first ``d_rerank`` dims
     of their full vectors (exact when that is all); (ids, distances, bytes read, vectors
     reranked per query int64 [q]).
+
+    Vectors stored as given (an integer ``vector_dtype``) are scored on all dims against
+    ``raw``, the queries as given: the basis is orthonormal, so the distances are the
+    collection space's without mapping a single vector. A shorter ``d_rerank`` maps them.
 
     With model versions (:mod:`anns.models`): a candidate of the query's own version is
     scored on all its dims (``full``), one of another version on the base-space images,
@@ -418,13 +449,20 @@ def _rerank(
     versioned = view.models is not None and view.models.mixed
     if blobs.count(None) == 0 and not versioned:  # the common case: one join, no loop
         present = np.ones(len(unique), dtype=bool)
-        vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, view.dim)  # type: ignore[arg-type]
-        nbytes = len(unique) * 4 * view.dim
+        joined = b"".join(blobs)  # type: ignore[arg-type]
+        if view.raw_vectors:
+            vectors = np.frombuffer(joined, dtype=view.vector_dtype).reshape(-1, view.dim)
+            vectors = vectors.astype(np.float32)
+        else:
+            vectors = np.frombuffer(joined, dtype="<f4").reshape(-1, view.dim)
+        nbytes = len(joined)
     else:  # model versions, or candidates deleted since their posting was scanned
         present = np.array([b is not None for b in blobs], dtype=bool)
         found = [b for b in blobs if b is not None]
         nbytes = sum(map(len, found))
-        decoded, found_versions = decode_vectors(found, view.dim)
+        decoded, found_versions = decode_vectors(found, view.dim, view.vector_dtype)
+        if versioned:  # every version is scored in the collection space
+            decoded = view.stored(decoded, found_versions)
         vectors = np.zeros((len(unique), max(view.dim, decoded.shape[1])), dtype=np.float32)
         versions = np.full(len(unique), -1, dtype=np.int64)
         vectors[present, : decoded.shape[1]] = decoded
@@ -437,7 +475,13 @@ def _rerank(
     if versioned:
         scores = _versioned_scores(view, queries, vectors, versions, slot, d_rerank, full, model)
     else:
-        if d_rerank < view.dim:
+        if view.raw_vectors and d_rerank == view.dim:
+            assert raw is not None, "vectors stored as given are scored against raw queries"
+            queries = raw
+        elif view.raw_vectors:
+            vectors = view.basis.apply_prefix(vectors, d_rerank)
+            queries = queries[:, :d_rerank]
+        elif d_rerank < view.dim:
             queries, vectors = queries[:, :d_rerank], vectors[:, :d_rerank]
         scores = _exact_scores(view.metric, queries, vectors, slot)
     if view.metric == "l2":

@@ -8,7 +8,8 @@ family      key                  value
 ==========  ===================  ==========================================================
 postings    posting id, u32 BE   ids int64 LE [m] then codes uint8 [m, code_size]
 vectors     vector id, i64 BE    the full vector in collection space, float32 LE [w], then
-                                 for a model version other than the base its index, u32 LE
+                                 for a model version other than the base its index, u32 LE;
+                                 or (integer ``vector_dtype``) a base vector as given, [dim]
 records     vector id, i64 BE    flags u8 (bit 0: tombstone; bits 1-7: model version index)
                                  then posting ids u32 LE [r]
 meta        ascii name           format version, index config, basis, router, codec, counters,
@@ -22,7 +23,10 @@ floats (see :mod:`anns.models`) followed by the version's index, so the length a
 two apart and a base-only collection is byte-for-byte a format-2 one. 4 lets the codec
 (``meta/codec``) carry tail norms: its blob then starts with the tail header of
 :class:`~anns.quantization.TailCodec`, and every code ends in two bytes of tail norm; a
-collection whose codes hold no tail is byte-for-byte a format-3 one. Older versions still open
+collection whose codes hold no tail is byte-for-byte a format-3 one. 5 lets the base model's
+vectors be stored as given, one byte a dim (``IndexConfig.vector_dtype`` ``uint8``/``int8``:
+a blob of exactly ``dim`` bytes); a float32 collection is byte-for-byte a format-4 one. Older
+versions still open
 (every vector of the base model); registering a model version, re-encoding the postings
 (``recode``) or rebasing upgrades them to the current version.
 
@@ -61,8 +65,8 @@ log = logging.getLogger(__name__)
 
 #: Bumped whenever the layout above changes meaning. New collections are written in
 #: FORMAT_VERSION; any of READABLE_FORMATS opens; another is refused with both named.
-FORMAT_VERSION = 4
-READABLE_FORMATS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 
 POSTINGS, VECTORS, RECORDS, META = "postings", "vectors", "records", "meta"
 _FAMILIES = (POSTINGS, VECTORS, RECORDS, META)
@@ -90,33 +94,42 @@ def posting_keys(pids: np.ndarray) -> list[bytes]:
 
 
 def _decode_vectors(
-    keys: list[bytes], values: list[bytes], dim: int
-) -> tuple[np.ndarray, np.ndarray]:
+    keys: list[bytes], values: list[bytes], dim: int, dtype: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids = np.frombuffer(b"".join(keys), dtype=">i8").astype(np.int64)
-    return ids, decode_vectors(values, dim)[0][:, :dim]
+    rows, versions = decode_vectors(values, dim, dtype)
+    return ids, np.ascontiguousarray(rows[:, :dim]), versions
 
 
-def encode_vector(row: np.ndarray, version: int) -> bytes:
-    """One stored vector: float32 LE [w], then the model version index (u32) unless 0."""
-    blob: bytes = np.ascontiguousarray(row, dtype="<f4").tobytes()
-    return blob if version == 0 else blob + int(version).to_bytes(4, "little")
-
-
-def decode_vectors(blobs: list[bytes], dim: int) -> tuple[np.ndarray, np.ndarray]:
+def decode_vectors(
+    blobs: list[bytes], dim: int, dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Stored vectors (none None) -> (float32 [n, w_max] zero-padded past each vector's own
     width, model version index int64 [n]). ``dim`` is the base width: a blob of exactly
-    ``4 * dim`` bytes is a base vector. One join and reshape per distinct length."""
+    ``4 * dim`` bytes is a base vector in the collection basis; with an integer ``dtype``
+    (``IndexConfig.vector_dtype``) a blob of ``dim`` bytes is a base vector *as given* (raw,
+    not in the basis: the caller maps it). One join and reshape per distinct length."""
     n = len(blobs)
     lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
+    raw = dtype != "float32"
+    if n and raw and (lengths == dim).all():  # an integer collection's base vectors
+        joined = b"".join(blobs)
+        rows = np.frombuffer(joined, dtype=dtype).reshape(n, dim).astype(np.float32)
+        return rows, np.zeros(n, np.int64)
     if n == 0 or (lengths == 4 * dim).all():  # base model only: one join, no grouping
         joined = b"".join(blobs)
         return np.frombuffer(joined, dtype="<f4").reshape(n, dim), np.zeros(n, np.int64)
-    widths = np.where(lengths == 4 * dim, dim, lengths // 4 - 1)
+    base = (lengths == 4 * dim) | (raw & (lengths == dim))
+    widths = np.where(base, dim, lengths // 4 - 1)
     out = np.zeros((n, int(widths.max())), dtype=np.float32)
     versions = np.zeros(n, dtype=np.int64)
     for length in np.unique(lengths).tolist():
         rows = np.flatnonzero(lengths == length)
-        block = np.frombuffer(b"".join([blobs[i] for i in rows.tolist()]), dtype="<f4")
+        joined = b"".join([blobs[i] for i in rows.tolist()])
+        if raw and length == dim:
+            out[rows, :dim] = np.frombuffer(joined, dtype=dtype).reshape(len(rows), dim)
+            continue
+        block = np.frombuffer(joined, dtype="<f4")
         if length == 4 * dim:
             out[rows, :dim] = block.reshape(len(rows), dim)
         else:
@@ -231,14 +244,21 @@ class Batch:
         self._wb.delete(int(pid).to_bytes(4, "big"), self.storage._handles[POSTINGS])
 
     def put_vectors(self, ids: np.ndarray, vectors: np.ndarray, version: int = 0) -> None:
-        """Full vectors [n, w] of one model version (0: the base model, no trailer)."""
+        """Full vectors [n, w] of one model version (0: the base model, no trailer): float32
+        in the collection basis, or for the base model of an integer ``vector_dtype`` its
+        uint8/int8 vectors as given."""
         h = self.storage._handles[VECTORS]
-        rows = np.ascontiguousarray(vectors, dtype="<f4")
+        if vectors.dtype in (np.uint8, np.int8):
+            if version:
+                raise ValueError("only the base model's vectors are stored as integers")
+            rows = np.ascontiguousarray(vectors)
+        else:
+            rows = np.ascontiguousarray(vectors, dtype="<f4")
         if version:
             tail = np.full((len(rows), 1), version, dtype="<u4").view("<f4")
             rows = np.ascontiguousarray(np.hstack([rows, tail]))
         # every row's bytes in one call, not a tobytes() per row
-        blobs = rows.view(f"V{rows.shape[1] * 4}").ravel().tolist() if rows.size else []
+        blobs = rows.view(f"V{rows.shape[1] * rows.itemsize}").ravel().tolist() if rows.size else []
         for key, blob in zip(id_keys(ids), blobs):
             self._wb.put(key, blob, h)
         self.puts += len(rows)
@@ -478,18 +498,22 @@ class Storage:
                 self._pool = _ReadThreads(self.config.io_threads - 1, "anns-io")
             return self._pool
 
-    def iter_vectors(self, dim: int, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Every stored vector in id order, in chunks: (ids int64 [m], float32 [m, dim])."""
+    def iter_vectors(
+        self, dim: int, dtype: str = "float32", chunk: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every stored vector in id order, in chunks: (ids int64 [m], float32 [m, dim], model
+        version index int64 [m]), the first ``dim`` floats as :func:`decode_vectors` gives
+        them (raw base vectors of an integer ``dtype``)."""
         keys: list[bytes] = []
         values: list[bytes] = []
         for key, value in self._cfs[VECTORS].items():
             keys.append(bytes(key))
             values.append(bytes(value))
             if len(keys) == chunk:
-                yield _decode_vectors(keys, values, dim)
+                yield _decode_vectors(keys, values, dim, dtype)
                 keys, values = [], []
         if keys:
-            yield _decode_vectors(keys, values, dim)
+            yield _decode_vectors(keys, values, dim, dtype)
 
     def vector_ids(self) -> np.ndarray:
         """Ids of every stored vector, ascending (reads keys only)."""

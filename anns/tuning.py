@@ -324,7 +324,10 @@ def _held_out(
     # because each query is itself stored
     heap = faiss.ResultHeap(n, k + 1, keep_max=metric != "l2")
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
-    for chunk_ids, vectors in storage.iter_vectors(dim, chunk=max(1, (32 << 20) // (4 * dim))):
+    view = coll._require_view()
+    chunk = max(1, (32 << 20) // (4 * dim))
+    for chunk_ids, vectors, versions in storage.iter_vectors(dim, view.vector_dtype, chunk):
+        vectors = view.stored(vectors, versions)
         d, i = faiss.knn(queries, vectors, min(k + 1, len(vectors)), faiss_metric)
         heap.add_result(d, np.where(i >= 0, chunk_ids[np.maximum(i, 0)], -1))
     heap.finalize()

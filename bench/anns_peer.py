@@ -51,7 +51,7 @@ from bench.harness import Dataset
 SYSTEM = "anns"
 #: IndexConfig knobs reported in every row's params (the ones a build sweep varies).
 INDEX_KNOBS = ("posting_size", "max_posting_size", "eps1", "replica_cap", "codec", "pq_m",
-               "matryoshka")
+               "matryoshka", "vector_dtype")
 #: The library's own default (StorageConfig.block_cache_bytes), so the benchmark follows it.
 DEFAULT_BLOCK_CACHE = anns.StorageConfig().block_cache_bytes
 
@@ -76,9 +76,12 @@ def build(
     ``tune_recall``, then tune it (see the module docstring)."""
     if index_dir.exists():
         shutil.rmtree(index_dir)
+    # integer data is stored as such, as DiskANN indexes it in the same run
+    dtype = "float32" if ds.metric == "cosine" else harness.integer_dtype(ds.base(), ds.queries)
+    config = {"vector_dtype": dtype, **config, "metric": ds.metric}
     t0 = time.perf_counter()
     summary, anon_mb = harness.anon_peak(lambda: anns.build(
-        index_dir, ds.path / "base.npy", config={**config, "metric": ds.metric}))
+        index_dir, ds.path / "base.npy", config=config))
     wall = time.perf_counter() - t0
     # the summary's peak_rss_mb is ru_maxrss, which counts the parent's RSS at fork: use VmHWM
     peak = harness.peak_rss_mb()

@@ -15,7 +15,9 @@ The dataset directory holds ``base.npy`` (float32 [n, d]), ``query.npy``
 (float32 [q, d]), ``gt.npy`` (int32 [q, >=10]) and ``meta.json`` whose ``metric``
 is ``"l2"``, ``"ip"`` or ``"cosine"``.  DiskANN's disk index has no cosine
 support, so cosine data is L2-normalised and indexed with L2 (same ranking);
-``ip`` maps to DiskANN's ``mips``.
+``ip`` maps to DiskANN's ``mips``. Integer data (every base and query value an integer in
+uint8's or int8's range, as Fashion-MNIST's pixels) is indexed as that type, as DiskANN users
+would index it and as anns stores it (``vector_dtype``); anything else as float32.
 
 Output contract: ``build`` prints one JSON object on stdout; ``search`` prints one
 JSON row per complexity (benchmark row schema, DESIGN.md section 6), one per line.
@@ -165,6 +167,25 @@ def _prepare(vectors: AnyArray, metric: str) -> FloatArray:
     return x
 
 
+def _integer_dtype(*arrays: AnyArray) -> Any:
+    """np.uint8 or np.int8 when every value of ``arrays`` is an integer in its range, else
+    np.float32 (checked a block of rows at a time)."""
+    for dtype in (np.uint8, np.int8):
+        info = np.iinfo(dtype)
+        fits = True
+        for x in arrays:
+            for s in range(0, len(x), 4096):
+                block = np.asarray(x[s : s + 4096], dtype=np.float32)
+                if not ((block >= info.min) & (block <= info.max) & (block == np.rint(block))).all():
+                    fits = False
+                    break
+            if not fits:
+                break
+        if fits:
+            return dtype
+    return np.float32
+
+
 def _recalls(ids: AnyArray, gt: AnyArray) -> tuple[float, float]:
     """(recall@1, recall@10) of result ids ``[q, >=10]`` against ground truth."""
     top = ids[:, :10].astype(np.int64)
@@ -272,6 +293,9 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
     index_dir.mkdir(parents=True, exist_ok=True)
 
     base = _prepare(np.load(dataset / "base.npy"), meta["metric"])
+    dtype = np.float32 if meta["metric"] == "cosine" else _integer_dtype(
+        base, np.load(dataset / "query.npy", mmap_mode="r"))
+    base = base.astype(dtype, copy=False)
     n, d = base.shape
     budget_gib, pq_expected = search_memory_budget_gib(n, d, args.pq_fraction)
     threads = args.threads if args.threads > 0 else (os.cpu_count() or 1)
@@ -285,6 +309,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
         "threads": threads,
         "metric": meta["metric"],
         "diskann_metric": _diskann_metric(meta["metric"]),
+        "vector_dtype": np.dtype(dtype).name,
     }
     _log(f"building n={n} d={d} {params}")
     if not _keep_freed_memory():
@@ -299,7 +324,7 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
         del base
         diskannpy.build_disk_index(
             data=vec_file,
-            vector_dtype=np.float32,
+            vector_dtype=dtype,
             distance_metric=params["diskann_metric"],
             index_directory=str(index_dir),
             complexity=args.complexity,
@@ -409,7 +434,9 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> None:
     if args.k < 10:
         raise SystemExit("--k must be >= 10 (recall@10 is reported)")
 
-    queries = _prepare(np.load(dataset / "query.npy"), meta["metric"])
+    dtype = np.dtype(build_params.get("vector_dtype", "float32"))
+    # integer indexes take queries of their type: the build checked they are integers
+    queries = _prepare(np.load(dataset / "query.npy"), meta["metric"]).astype(dtype)
     gt = np.load(dataset / "gt.npy")
     if gt.shape[0] != queries.shape[0] or gt.shape[1] < 10:
         raise SystemExit(f"gt.npy has shape {gt.shape}, expected ({queries.shape[0]}, >=10)")
@@ -456,6 +483,7 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> None:
                     "complexity": complexity,
                     "beam_width": args.beam_width,
                     "pq_bytes": build_params["pq_bytes"],
+                    "vector_dtype": dtype.name,
                     "cold": bool(args.cold),
                     "cache_nodes": args.cache_nodes,
                     "bytes_read_per_query_batch": m["bytes_read_per_query_batch"],

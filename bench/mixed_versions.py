@@ -90,7 +90,7 @@ def _common(coll: anns.Collection, model: str, queries: np.ndarray) -> np.ndarra
     view = coll._view
     q = version.base_image(as_vectors(queries, version.dim, metric="cosine"),
                            view.basis)
-    ids, gallery = zip(*coll._storage.iter_vectors(coll.dim))
+    ids, gallery, _ = zip(*coll._storage.iter_vectors(coll.dim))
     found = exact_knn(np.concatenate(gallery), q, K, "ip")[0]
     return np.concatenate(ids)[found]
 

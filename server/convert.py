@@ -23,6 +23,7 @@ _ENUMS: dict[str, tuple[str, Any]] = {
     "metric": ("METRIC_", pb.Metric),
     "codec": ("CODEC_", pb.Codec),
     "centroid_index": ("CENTROID_INDEX_", pb.CentroidIndex),
+    "vector_dtype": ("VECTOR_DTYPE_", pb.VectorDType),
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from anns import IndexConfig, SearchParams, SearchResult, StorageConfig
+from anns.basis import Basis
 from anns.routing import Router
 from anns.storage import TOMBSTONE, Storage, decode_posting, decode_record
 
@@ -123,7 +124,7 @@ class Layout:
     config: IndexConfig
     postings: dict[int, np.ndarray]  # posting id -> vector ids in it
     records: dict[int, tuple[int, np.ndarray]]  # vector id -> (flags, posting ids)
-    vectors: dict[int, np.ndarray]  # vector id -> stored float32 vector
+    vectors: dict[int, np.ndarray]  # vector id -> stored float32 vector (collection basis)
     centroids: np.ndarray
     count: int
 
@@ -150,8 +151,17 @@ def read_layout(storage: Storage, ids: np.ndarray) -> Layout:
         if blob is not None:
             records[vid] = decode_record(bytes(blob))
     vectors = {}
+    basis_blob = storage.get_meta("basis")
+    basis = Basis.from_bytes(basis_blob) if basis_blob is not None else None
     for vid, blob in zip(ids.tolist(), storage.get_vectors(ids)):
-        if blob is not None:
+        if blob is None:
+            continue
+        if config.vector_dtype != "float32" and len(blob) == config.dim:
+            # stored as given: its stored form is its image through the basis
+            assert basis is not None
+            raw = np.frombuffer(bytes(blob), dtype=config.vector_dtype).astype(np.float32)
+            vectors[vid] = basis.apply(raw[None, :])[0]
+        else:
             vectors[vid] = np.frombuffer(bytes(blob), dtype="<f4").copy()
     return Layout(config, postings, records, vectors, centroids,
                   int(storage.get_meta("count") or b"0"))

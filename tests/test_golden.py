@@ -43,7 +43,7 @@ def v1(tmp_path: Path) -> Path:
 def test_the_golden_collection_is_format_1_and_this_version_reads_it() -> None:
     marker = json.loads((GOLDEN / "v1" / "ANNS_COLLECTION").read_text())
     assert marker["format_version"] == 1
-    assert 1 in READABLE_FORMATS and FORMAT_VERSION == 4
+    assert 1 in READABLE_FORMATS and FORMAT_VERSION == 5
 
 
 def test_a_format_1_collection_opens_with_the_identity_basis(v1: Path) -> None:
@@ -111,19 +111,19 @@ def test_a_format_1_collection_takes_writes_and_stays_format_1(
     assert marker["format_version"] == 1
 
 
-def test_new_collections_are_format_4(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_new_collections_are_format_5(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
     anns.build(tmp_path / "built", small[0], config={"posting_size": 32})
     with anns.Collection.open(tmp_path / "built") as coll:
-        assert coll.info()["format_version"] == FORMAT_VERSION == 4
+        assert coll.info()["format_version"] == FORMAT_VERSION == 5
         assert coll.info()["basis"] == "pca"
     with anns.Collection.create(tmp_path / "created", anns.IndexConfig(dim=8)) as coll:
-        assert coll.info()["format_version"] == 4
+        assert coll.info()["format_version"] == 5
         assert coll.info()["basis"] is None  # empty: no basis until the first add
         coll.add(small[0][:100])
         assert coll.info()["basis"] == "pca"
     for name in ("built", "created"):
         marker = json.loads((tmp_path / name / "ANNS_COLLECTION").read_text())
-        assert marker["format_version"] == 4
+        assert marker["format_version"] == 5
 
 
 def _as_format_3(path: Path) -> None:
@@ -142,7 +142,7 @@ def _as_format_3(path: Path) -> None:
     (path / "ANNS_COLLECTION").write_text(json.dumps({"format_version": 3}) + "\n")
 
 
-def test_recoding_a_format_3_collection_adds_tail_norms_and_upgrades_it_to_format_4(
+def test_recoding_a_format_3_collection_adds_tail_norms_and_upgrades_it(
     tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
 ) -> None:
     base, queries = small
@@ -154,12 +154,14 @@ def test_recoding_a_format_3_collection_adds_tail_norms_and_upgrades_it_to_forma
         before = coll.search(queries, 5, exhaustive(len(base), 5))
         out = coll.recode()  # same dims and codec: the config's default now adds the tail
         assert out["code_size"] == coll.info()["code_size"] == 4 + 2
-        assert coll.info()["format_version"] == 4
+        assert coll.info()["format_version"] == FORMAT_VERSION
         after = coll.search(queries, 5, exhaustive(len(base), 5))
     np.testing.assert_array_equal(after.ids, before.ids)  # exhaustive: exact either way
-    assert json.loads((tmp_path / "c" / "ANNS_COLLECTION").read_text())["format_version"] == 4
+    marker = json.loads((tmp_path / "c" / "ANNS_COLLECTION").read_text())
+    assert marker["format_version"] == FORMAT_VERSION
     with anns.Collection.open(tmp_path / "c") as coll:  # reopens with its tail codec
-        assert coll.info()["format_version"] == 4 and coll.info()["code_size"] == 6
+        assert coll.info()["format_version"] == FORMAT_VERSION
+        assert coll.info()["code_size"] == 6
 
 def test_registering_a_model_upgrades_a_format_1_collection_to_the_current_format(
     v1: Path, expected: dict[str, np.ndarray]

@@ -215,6 +215,30 @@ def test_write_read_delete_lifecycle(stubs: Stubs, data: tuple[np.ndarray, np.nd
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_integer_vector_dtype_over_the_wire(stubs: Stubs) -> None:
+    """A uint8 collection created over gRPC stores integers exactly; a vector it cannot hold
+    is INVALID_ARGUMENT naming the value, and nothing is written."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (200, 16)).astype(np.float32)
+    created = stubs.collections.CreateCollection(pb.CreateCollectionRequest(
+        name="bytes", config=pb.CollectionConfig(dim=16, posting_size=16,
+                                                 vector_dtype=pb.VECTOR_DTYPE_UINT8)),
+        timeout=WAIT)
+    assert created.config.vector_dtype == pb.VECTOR_DTYPE_UINT8
+    stubs.vectors.Upsert(pb.UpsertRequest(collection="bytes", vectors=vecs(x),
+                                          ids=ids_bytes(np.arange(200))), timeout=WAIT)
+    err = status_of(lambda: stubs.vectors.Upsert(pb.UpsertRequest(
+        collection="bytes", vectors=vecs(x[:2] + 0.5), ids=ids_bytes([0, 1])), timeout=WAIT))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "uint8" in err.details()
+    got = stubs.vectors.Get(pb.GetVectorsRequest(collection="bytes", ids=ids_bytes([0, 1])))
+    np.testing.assert_array_equal(np.frombuffer(got.vectors.data, "<f4").reshape(2, 16), x[:2])
+    err = status_of(lambda: stubs.collections.CreateCollection(pb.CreateCollectionRequest(
+        name="bytes2", config=pb.CollectionConfig(dim=16, metric=pb.METRIC_COSINE,
+                                                  vector_dtype=pb.VECTOR_DTYPE_INT8))))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "cosine" in err.details()
+    stubs.collections.DeleteCollection(pb.DeleteCollectionRequest(name="bytes"), timeout=WAIT)
+
+
 # ----------------------------------------------------------------------- model versions
 def _twins(base: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     """A collection with a registered (not current) model version ``v2``, and a byte-for-byte

@@ -95,7 +95,7 @@ def test_info_reports_the_stage_dims_and_centroids_at_d_route(
     staged_coll: anns.Collection,
 ) -> None:
     info = staged_coll.info()
-    assert info["format_version"] == 4
+    assert info["format_version"] == 5
     assert info["basis"] == "pca"
     assert info["stage_dims"] == {"d_route": 8, "d_scan": 16, "d_rerank": 32}
     assert info["centroid_bytes"] == info["postings"] * 8 * 4

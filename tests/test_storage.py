@@ -289,7 +289,7 @@ def test_open_other_format_version_names_both(tmp_path: Path, version: int) -> N
     (tmp_path / "c" / MARKER).write_text(json.dumps({"format_version": version}))
     with pytest.raises(
         FormatVersionError,
-        match=f"format version {version}; this anns reads format versions 1, 2, 3, {FORMAT_VERSION}",
+        match=f"format version {version}; this anns reads format versions 1, 2, 3, 4, {FORMAT_VERSION}",
     ):
         Storage.open(tmp_path / "c", StorageConfig())
 

@@ -21,6 +21,13 @@ class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CODEC_FLAT: _ClassVar[Codec]
     CODEC_OPQ: _ClassVar[Codec]
 
+class VectorDType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_DTYPE_UNSPECIFIED: _ClassVar[VectorDType]
+    VECTOR_DTYPE_FLOAT32: _ClassVar[VectorDType]
+    VECTOR_DTYPE_UINT8: _ClassVar[VectorDType]
+    VECTOR_DTYPE_INT8: _ClassVar[VectorDType]
+
 class CentroidIndex(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CENTROID_INDEX_UNSPECIFIED: _ClassVar[CentroidIndex]
@@ -48,6 +55,10 @@ CODEC_UNSPECIFIED: Codec
 CODEC_SQ8: Codec
 CODEC_FLAT: Codec
 CODEC_OPQ: Codec
+VECTOR_DTYPE_UNSPECIFIED: VectorDType
+VECTOR_DTYPE_FLOAT32: VectorDType
+VECTOR_DTYPE_UINT8: VectorDType
+VECTOR_DTYPE_INT8: VectorDType
 CENTROID_INDEX_UNSPECIFIED: CentroidIndex
 CENTROID_INDEX_AUTO: CentroidIndex
 CENTROID_INDEX_FLAT: CentroidIndex
@@ -69,7 +80,7 @@ class VectorBatch(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
 
 class CollectionConfig(_message.Message):
-    __slots__ = ("dim", "metric", "posting_size", "max_posting_size", "replica_cap", "eps1", "codec", "pq_m", "matryoshka", "d_route", "d_scan", "d_rerank", "train_sample_mb", "kmeans_iters", "centroid_index", "hnsw_threshold", "seed", "tail_norms")
+    __slots__ = ("dim", "metric", "posting_size", "max_posting_size", "replica_cap", "eps1", "codec", "pq_m", "matryoshka", "d_route", "d_scan", "d_rerank", "train_sample_mb", "kmeans_iters", "centroid_index", "hnsw_threshold", "seed", "tail_norms", "vector_dtype")
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     POSTING_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +99,7 @@ class CollectionConfig(_message.Message):
     HNSW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TAIL_NORMS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_DTYPE_FIELD_NUMBER: _ClassVar[int]
     dim: int
     metric: Metric
     posting_size: int
@@ -106,7 +118,8 @@ class CollectionConfig(_message.Message):
     hnsw_threshold: int
     seed: int
     tail_norms: bool
-    def __init__(self, dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., posting_size: _Optional[int] = ..., max_posting_size: _Optional[int] = ..., replica_cap: _Optional[int] = ..., eps1: _Optional[float] = ..., codec: _Optional[_Union[Codec, str]] = ..., pq_m: _Optional[int] = ..., matryoshka: _Optional[bool] = ..., d_route: _Optional[int] = ..., d_scan: _Optional[int] = ..., d_rerank: _Optional[int] = ..., train_sample_mb: _Optional[float] = ..., kmeans_iters: _Optional[int] = ..., centroid_index: _Optional[_Union[CentroidIndex, str]] = ..., hnsw_threshold: _Optional[int] = ..., seed: _Optional[int] = ..., tail_norms: _Optional[bool] = ...) -> None: ...
+    vector_dtype: VectorDType
+    def __init__(self, dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., posting_size: _Optional[int] = ..., max_posting_size: _Optional[int] = ..., replica_cap: _Optional[int] = ..., eps1: _Optional[float] = ..., codec: _Optional[_Union[Codec, str]] = ..., pq_m: _Optional[int] = ..., matryoshka: _Optional[bool] = ..., d_route: _Optional[int] = ..., d_scan: _Optional[int] = ..., d_rerank: _Optional[int] = ..., train_sample_mb: _Optional[float] = ..., kmeans_iters: _Optional[int] = ..., centroid_index: _Optional[_Union[CentroidIndex, str]] = ..., hnsw_threshold: _Optional[int] = ..., seed: _Optional[int] = ..., tail_norms: _Optional[bool] = ..., vector_dtype: _Optional[_Union[VectorDType, str]] = ...) -> None: ...
 
 class Collection(_message.Message):
     __slots__ = ("name", "state", "error", "config", "count", "postings", "disk_bytes", "tuned_recall_targets", "info_json")
