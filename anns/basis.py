@@ -19,6 +19,7 @@ Stored with the collection as a versioned blob (:meth:`Basis.to_bytes`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -38,6 +39,9 @@ class Basis:
 
     ``energy`` is the share of the sample's energy along each output dim (sums to 1; uniform
     for the identity), so ``energy[:m].sum()`` is what a prefix of m dims keeps.
+
+    A basis made :meth:`lazy` holds no matrix until something asks for it: a process that
+    only maps queries onto a prefix (:meth:`apply_short`) keeps those columns alone in RAM.
     """
 
     def __init__(
@@ -45,8 +49,27 @@ class Basis:
     ) -> None:
         self.kind = kind
         self.dim = dim
-        self.matrix = matrix
+        self._matrix = matrix
+        self._loader: Callable[[], np.ndarray] | None = None
         self.energy = energy
+        self._columns: dict[int, np.ndarray] = {}  # leading columns of matrix, by count
+
+    @property
+    def matrix(self) -> np.ndarray | None:
+        """The [dim, dim] float32 map (None for the identity); a lazy basis loads it now and
+        keeps it."""
+        if self._matrix is None and self._loader is not None:
+            self._matrix = self._loader()
+        return self._matrix
+
+    def lazy(self, loader: Callable[[], np.ndarray]) -> Basis:
+        """This basis without its matrix in RAM: ``loader`` gives it back when first needed
+        (the identity has none to drop)."""
+        if self.kind == "identity":
+            return self
+        out = Basis(self.kind, self.dim, None, self.energy)
+        out._loader = loader
+        return out
 
     # -------------------------------------------------------------------- constructors
     @classmethod
@@ -89,9 +112,34 @@ class Basis:
 
     def apply_prefix(self, x: np.ndarray, dims: int) -> np.ndarray:
         """The first ``dims`` dims of :meth:`apply` (only those columns of the map)."""
-        if self.matrix is None:
+        if self.kind == "identity":
             return np.ascontiguousarray(x[:, :dims])
-        return np.ascontiguousarray(x @ self.matrix[:, :dims])
+        if dims >= self.dim:
+            return self.apply(x)
+        columns = self._columns.get(dims)
+        if columns is None:  # contiguous: the product then streams only these
+            # (a lazy basis loads its matrix for them without keeping it)
+            whole = self._matrix if self._matrix is not None else self._loader()  # type: ignore[misc]
+            columns = self._columns[dims] = np.ascontiguousarray(whole[:, :dims])
+        return np.ascontiguousarray(x @ columns)
+
+    def apply_short(self, x: np.ndarray, dims: int) -> np.ndarray:
+        """float32 [n, dims + 1]: the first ``dims`` dims of :meth:`apply`, then the norm of
+        the others in one column (all of :meth:`apply` when ``dims`` covers the space).
+
+        A stand-in for a query wherever the dims past the prefix count only through their
+        norm, as in the tail codec's scan (``|x_t|``, read from the columns past its prefix):
+        the norm is preserved by the orthonormal map, so computing it needs no more columns
+        of the map, and the product costs ``dims / dim`` of :meth:`apply`'s."""
+        if dims >= self.dim:
+            return self.apply(x)
+        out = np.empty((len(x), dims + 1), dtype=np.float32)
+        out[:, :dims] = self.apply_prefix(x, dims)
+        # in float64: the difference of two large norms keeps a short tail's digits
+        total = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+        head = np.einsum("ij,ij->i", out[:, :dims], out[:, :dims], dtype=np.float64)
+        out[:, dims] = np.sqrt(np.maximum(total - head, 0.0))
+        return out
 
     def apply_in_place(self, x: np.ndarray) -> np.ndarray:
         """:meth:`apply` for a large writable float32 array, overwriting it a bounded block of
@@ -112,8 +160,12 @@ class Basis:
 
     @property
     def nbytes(self) -> int:
-        """Bytes the basis holds in memory (the [dim, dim] float32 matrix and the energies)."""
-        return int(self.energy.nbytes) + (0 if self.matrix is None else int(self.matrix.nbytes))
+        """Bytes the basis holds in memory (the [dim, dim] float32 matrix if loaded, columns
+        kept for :meth:`apply_prefix`, the energies)."""
+        held = [self.energy] + list(self._columns.values())
+        if self._matrix is not None:
+            held.append(self._matrix)
+        return sum(int(a.nbytes) for a in held)
 
     def prefix_energy(self, dims: int) -> float:
         """Share of the sample's energy the first ``dims`` dims keep."""

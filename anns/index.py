@@ -103,6 +103,10 @@ class Collection:
                     f"the stored basis maps {basis.dim} dims but the collection holds "
                     f"{config.dim}-dim vectors"
                 )
+            if config.vector_dtype != "float32":
+                # searches map queries onto a prefix only (the rerank reads vectors as
+                # given): the whole matrix is loaded if a write, get or recode needs it
+                basis = basis.lazy(self._stored_basis_matrix)
             router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
             codec = load_codec(config.codec, config.scan_dims, config.metric, codec_blob,
                                full_dim=config.dim)
@@ -260,13 +264,22 @@ class Collection:
         return SearchResult(ids, distances, stats if return_stats else None)
 
     def _search_space(self, queries: np.ndarray, k: int, params: SearchParams) -> SearchResult:
-        """:meth:`search` for queries already in collection space (float32 [q, dim]), scored
-        as the base model's: what tuning measures, whichever model versions are stored."""
+        """:meth:`search` for queries in collection space (float32 [q, dim]) made ready by
+        :meth:`_space_queries`, scored as the base model's: what tuning measures, whichever
+        model versions are stored."""
         with self._commit.read():
             view = self._require_view()
-            space = dataclasses.replace(view, basis=Basis.identity(view.dim))
+            space = view if view.raw_vectors else dataclasses.replace(
+                view, basis=Basis.identity(view.dim))
             ids, distances, _ = search(space, queries, k, params)
         return SearchResult(ids, distances)
+
+    def _space_queries(self, queries: np.ndarray) -> np.ndarray:
+        """Collection-space queries as :meth:`_search_space` takes them: unchanged, or mapped
+        back to the model's space where vectors are stored as given (their rerank scores the
+        queries as given; searched through the basis, they come back to collection space)."""
+        view = self._require_view()
+        return view.basis.invert(queries) if view.raw_vectors else queries
 
     def _resolve_params(self, params: SearchParams | None, knobs: dict[str, Any]) -> SearchParams:
         """The knobs of one search. A SearchParams given is used as is; without one, the
@@ -433,7 +446,8 @@ class Collection:
         # the rotation (exact for an identity basis)
         if mapped.all():
             return view.basis.invert(rows)
-        rows[mapped] = view.basis.invert(np.ascontiguousarray(rows[mapped]))
+        if mapped.any():
+            rows[mapped] = view.basis.invert(np.ascontiguousarray(rows[mapped]))
         return rows
 
     def contains(self, ids: Any) -> np.ndarray:
@@ -916,6 +930,13 @@ class Collection:
             basis=basis, d_scan=codec.dim, d_rerank=cfg.rerank_dims,
             models=models or self._models, vector_dtype=cfg.vector_dtype,
         )
+
+    def _stored_basis_matrix(self) -> np.ndarray:
+        """The matrix of the stored basis (for a lazy one, see :meth:`Basis.lazy`)."""
+        matrix = Basis.from_bytes(self._storage.get_meta("basis") or b"").matrix
+        if matrix is None:
+            raise CorruptCollectionError(f"the stored basis of {self.path} lost its matrix")
+        return matrix
 
     def _require_view(self) -> ReadView:
         if self._view is None:

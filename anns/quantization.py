@@ -475,7 +475,8 @@ class TailCodec(Codec):
 
     def _tail_norms(self, x: np.ndarray) -> np.ndarray:
         """|x_t| of collection-space rows float32 [n, >= full_dim]: float32 [n] (no copy of
-        the tail)."""
+        the tail). Rows may be shorter when their last columns stand in for the rest with its
+        norm (queries from :meth:`anns.basis.Basis.apply_short`)."""
         tail = x[:, self.dim : self.full_dim]
         return np.sqrt(np.einsum("ij,ij->i", tail, tail))
 

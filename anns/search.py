@@ -229,7 +229,15 @@ def _search(
     full = None if model is None or model.is_base else _full_query(model, queries, view)
     # raw: the base model's queries as given, for the rerank of vectors stored as given
     raw = queries if view.raw_vectors and (model is None or model.is_base) else None
-    queries = view.basis.apply(queries) if model is None else model.base_image(queries, view.basis)
+    if raw is not None and not (view.models is not None and view.models.mixed):
+        # only routing and the scan read the collection space (a shorter rerank too): its
+        # prefix, and the norm of the rest for the tail codec, cost a fraction of the product
+        width = max(view.d_scan, d_rerank if d_rerank < view.dim else 0)
+        queries = view.basis.apply_short(queries, width)
+    elif model is None:
+        queries = view.basis.apply(queries)
+    else:
+        queries = model.base_image(queries, view.basis)
     pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
     route = time.perf_counter() - t0
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))

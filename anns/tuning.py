@@ -158,6 +158,7 @@ def tune(
             )
     t0 = time.perf_counter()
     space_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
+    space_queries = coll._space_queries(space_queries)
     truth_seconds = time.perf_counter() - t0
 
     def measure(params: SearchParams, timing: Objective = "batch", repeats: int = 1) -> TunePoint:
@@ -298,8 +299,12 @@ def _route_dims(built: int) -> list[int]:
 
 
 def _rerank_dims(view: Any) -> list[int]:
-    """The collection's rerank dims, and the shortest prefix keeping 99.9% of the energy."""
+    """The collection's rerank dims, and the shortest prefix keeping 99.9% of the energy
+    (not for vectors stored as given: a prefix of theirs costs mapping them through the basis,
+    more than the dims it saves, and reads the same bytes)."""
     full = view.d_rerank
+    if view.raw_vectors:
+        return [full]
     energy = np.cumsum(view.basis.energy[:full])
     short = int(np.searchsorted(energy, 0.999 * energy[-1]) + 1) if len(energy) else full
     return [full] if short >= full or view.basis.kind == "identity" else [full, short]

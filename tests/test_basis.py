@@ -90,6 +90,27 @@ def test_rotation_preserves_distances_and_inner_products(
     assert (np.abs(back - raw) <= 1e-5 * norms + 1e-7).all()
 
 
+@given(seed=S.seeds, n=st.integers(1, 40), dim=st.integers(1, 20), dims=st.integers(1, 24),
+       identity=st.booleans())
+def test_a_short_image_is_the_prefix_then_the_norm_of_the_rest(
+    seed: int, n: int, dim: int, dims: int, identity: bool
+) -> None:
+    basis = Basis.identity(dim) if identity else _pca(seed, max(n, 2), dim, "l2", shift=1.0)
+    points = S.gaussian(seed + 1, n, dim, shift=1.0)
+    full = basis.apply(points).astype(np.float64)
+    short = basis.apply_short(points, dims)
+    norms = np.linalg.norm(full, axis=1)
+    if dims >= dim:
+        np.testing.assert_array_equal(short, basis.apply(points))
+        return
+    assert short.shape == (n, dims + 1) and short.dtype == np.float32
+    np.testing.assert_allclose(short[:, :dims], full[:, :dims], atol=1e-5 * (1 + norms.max()))
+    np.testing.assert_array_equal(basis.apply_prefix(points, dims), short[:, :dims])
+    rest = np.linalg.norm(full[:, dims:], axis=1)
+    # float32 products: the rest's norm is known to within the rounding of the whole norm
+    assert (np.abs(short[:, dims] - rest) <= 1e-3 * (1 + norms)).all()
+
+
 # --------------------------------------------------------------------------- energy
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 @given(seed=S.seeds, n=st.integers(1, 60), dim=st.integers(1, 24))

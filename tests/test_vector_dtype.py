@@ -18,6 +18,7 @@ import anns
 from anns.cli import main
 from anns.config import validated
 from anns.errors import InvalidArgumentError
+from anns.evaluation import exact_knn
 from anns.storage import Storage
 from anns.tuning import _held_out
 from anns.vectors import check_storable
@@ -244,3 +245,38 @@ def test_cli_build_stores_integers(tmp_path: Path, capsys: pytest.CaptureFixture
         store.close()
     with anns.Collection.open(tmp_path / "c") as coll:
         np.testing.assert_array_equal(coll.get(np.arange(300)), x)
+
+
+def test_searches_keep_only_the_prefix_columns_of_the_basis_in_ram(tmp_path: Path) -> None:
+    x = integer_data(5, 600, 48, "uint8")
+    anns.build(tmp_path / "c", x, config={"vector_dtype": "uint8", "posting_size": 32,
+                                          "d_scan": 12, "codec": "opq", "pq_m": 4})
+    with anns.Collection.open(tmp_path / "c") as coll:
+        full = 48 * 48 * 4
+        assert coll.info()["memory"]["basis"] < full  # opened without the matrix
+        coll.search(x[:20] + 0.5, 10, max_postings=4)
+        assert coll.info()["memory"]["basis"] < full / 2  # 13 columns: the prefix, no more
+        np.testing.assert_array_equal(coll.get([3]), x[3:4])  # as given: no basis either
+        coll.add(x[:2], [1000, 1001])  # a write maps through the whole basis: loads it
+        assert coll.info()["memory"]["basis"] > full
+        after = coll.search(x[:20] + 0.5, 10, max_postings=4)
+    with anns.Collection.open(tmp_path / "c") as reopened:  # lazy again, same answers
+        assert_same_answer(after, reopened.search(x[:20] + 0.5, 10, max_postings=4))
+
+
+def test_a_tuned_integer_collection_meets_its_target_on_unseen_queries(tmp_path: Path) -> None:
+    x = integer_data(6, 2500, 32, "uint8")
+    # from the data's distribution but not stored (nor sampled by tune); floats, so no ties
+    x_more = integer_data(6, 2600, 32, "uint8")[2500:]
+    queries = (x_more + np.random.default_rng(8).normal(0, 2, x_more.shape)).astype(np.float32)
+    anns.build(tmp_path / "c", x, config={"vector_dtype": "uint8", "posting_size": 32,
+                                          "d_scan": 16, "d_route": 8, "codec": "opq",
+                                          "pq_m": 6})
+    with anns.Collection.open(tmp_path / "c") as coll:
+        report = coll.tune(0.9, queries=150)
+        assert report.profile.recall >= 0.9
+        assert {p.params["d_rerank"] for p in report.curve} == {32}  # no shorter rerank
+        found = coll.search(queries, 10, target_recall=0.9).ids
+    truth = exact_knn(x, queries, 10, "l2")[0]
+    recall = float((found[:, :, None] == truth[:, None, :]).any(axis=2).mean())
+    assert recall >= 0.9 - 0.02
