@@ -41,7 +41,8 @@ class Basis:
     for the identity), so ``energy[:m].sum()`` is what a prefix of m dims keeps.
 
     A basis made :meth:`lazy` holds no matrix until something asks for it: a process that
-    only maps queries onto a prefix (:meth:`apply_short`) keeps those columns alone in RAM.
+    only maps queries onto a prefix (:meth:`apply_short`) keeps those columns alone in RAM
+    (:meth:`keep_prefix`).
     """
 
     def __init__(
@@ -52,7 +53,7 @@ class Basis:
         self._matrix = matrix
         self._loader: Callable[[], np.ndarray] | None = None
         self.energy = energy
-        self._columns: dict[int, np.ndarray] = {}  # leading columns of matrix, by count
+        self._columns: dict[int, np.ndarray] = {}  # kept leading columns, by count
 
     @property
     def matrix(self) -> np.ndarray | None:
@@ -62,14 +63,26 @@ class Basis:
             self._matrix = self._loader()
         return self._matrix
 
-    def lazy(self, loader: Callable[[], np.ndarray]) -> Basis:
-        """This basis without its matrix in RAM: ``loader`` gives it back when first needed
-        (the identity has none to drop)."""
+    def lazy(self, loader: Callable[[], np.ndarray], keep: int) -> Basis:
+        """This basis without its matrix in RAM, but for its first ``keep`` columns (see
+        :meth:`keep_prefix`): ``loader`` gives the matrix back when first needed (the identity
+        has none to drop)."""
         if self.kind == "identity":
             return self
         out = Basis(self.kind, self.dim, None, self.energy)
+        out.keep_prefix(keep, self.matrix)
         out._loader = loader
         return out
+
+    def keep_prefix(self, dims: int, matrix: np.ndarray | None = None) -> None:
+        """Keep a contiguous copy of the first ``dims`` columns (of ``matrix``, by default
+        this basis's own), so that :meth:`apply_prefix` onto them reads only those: one width,
+        the scan's, that every search maps its queries onto. Other widths slice the matrix."""
+        if self.kind == "identity" or dims >= self.dim:
+            return
+        whole = self.matrix if matrix is None else matrix
+        assert whole is not None
+        self._columns = {dims: np.ascontiguousarray(whole[:, :dims])}
 
     # -------------------------------------------------------------------- constructors
     @classmethod
@@ -117,10 +130,8 @@ class Basis:
         if dims >= self.dim:
             return self.apply(x)
         columns = self._columns.get(dims)
-        if columns is None:  # contiguous: the product then streams only these
-            # (a lazy basis loads its matrix for them without keeping it)
-            whole = self._matrix if self._matrix is not None else self._loader()  # type: ignore[misc]
-            columns = self._columns[dims] = np.ascontiguousarray(whole[:, :dims])
+        if columns is None:  # (a lazy basis loads its matrix for this)
+            columns = self.matrix[:, :dims]  # type: ignore[index]
         return np.ascontiguousarray(x @ columns)
 
     def apply_short(self, x: np.ndarray, dims: int) -> np.ndarray:

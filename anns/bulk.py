@@ -247,7 +247,7 @@ class _Builder:
             out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
             drop_resident_pages(self.x)
         if self.raw:
-            check_storable(out, self.cfg.vector_dtype)
+            check_storable(out, self.cfg.vector_dtype, rows=rows, convert=False)
         return out if self.basis is None or as_given else self.basis.apply_in_place(out)
 
     def _train(self) -> tuple[Router, Any]:
@@ -340,7 +340,7 @@ class _Builder:
         batch, pending = self.store.batch(), 0
         for s, block in self._chunks("write vectors", as_given=self.raw):
             ids = self.ids[s : s + len(block)]
-            stored = block.astype(self.cfg.vector_dtype) if self.raw else block
+            stored = block.astype(self.cfg.vector_dtype) if self.raw else block  # checked
             batch.put_vectors(ids, stored, self.version)
             # the chunk's postings per row, -1 padded: every record encoded at once
             c = counts[s : s + len(block)]
@@ -349,7 +349,7 @@ class _Builder:
             pids = np.full((len(block), width), -1, dtype=np.int64)
             pids[np.repeat(np.arange(len(block)), c), slot] = held[a : a + int(c.sum())]
             batch.put_records(ids, encode_records(pids, version=self.version))
-            pending += block.nbytes
+            pending += stored.nbytes
             if pending >= BATCH_BYTES:
                 self._bulk_write(batch)
                 batch, pending = self.store.batch(), 0

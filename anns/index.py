@@ -9,6 +9,7 @@ once and writers swap in a new one after their batch is written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -74,6 +75,15 @@ log = logging.getLogger(__name__)
 STATE_BUILDING, STATE_READY = b"building", b"ready"
 
 
+def _stored_basis_matrix(storage: Storage) -> np.ndarray:
+    """The matrix of a collection's stored basis (the loader of a lazy one, see
+    :meth:`Basis.lazy`)."""
+    matrix = Basis.from_bytes(storage.get_meta("basis") or b"").matrix
+    if matrix is None:
+        raise CorruptCollectionError(f"the stored basis of {storage.path} has no matrix")
+    return matrix
+
+
 class Collection:
     """A vector collection stored in one directory.
 
@@ -104,9 +114,11 @@ class Collection:
                     f"{config.dim}-dim vectors"
                 )
             if config.vector_dtype != "float32":
-                # searches map queries onto a prefix only (the rerank reads vectors as
-                # given): the whole matrix is loaded if a write, get or recode needs it
-                basis = basis.lazy(self._stored_basis_matrix)
+                # searches map queries onto the scanned prefix only (the rerank reads vectors
+                # as given): the whole matrix is loaded if a write, recode or tune needs it.
+                # The loader holds the storage, not this collection (no reference cycle)
+                basis = basis.lazy(functools.partial(_stored_basis_matrix, storage),
+                                   keep=config.scan_dims)
             router = Router.from_bytes(router_blob, config.centroid_index, config.hnsw_threshold)
             codec = load_codec(config.codec, config.scan_dims, config.metric, codec_blob,
                                full_dim=config.dim)
@@ -930,13 +942,6 @@ class Collection:
             basis=basis, d_scan=codec.dim, d_rerank=cfg.rerank_dims,
             models=models or self._models, vector_dtype=cfg.vector_dtype,
         )
-
-    def _stored_basis_matrix(self) -> np.ndarray:
-        """The matrix of the stored basis (for a lazy one, see :meth:`Basis.lazy`)."""
-        matrix = Basis.from_bytes(self._storage.get_meta("basis") or b"").matrix
-        if matrix is None:
-            raise CorruptCollectionError(f"the stored basis of {self.path} lost its matrix")
-        return matrix
 
     def _require_view(self) -> ReadView:
         if self._view is None:

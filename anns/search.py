@@ -372,7 +372,7 @@ def _search_chunk(
     seconds["scan"] = t3 - t2
 
     # rerank: exact distances on full vectors
-    out_ids, out_dist, vector_bytes, reranked = _rerank(
+    out_ids, out_dist, vector_bytes, reranked, reranked_bytes = _rerank(
         view, queries, cand, k, d_rerank, full, model, raw)
     seconds["rerank"] = time.perf_counter() - t3
 
@@ -385,7 +385,7 @@ def _search_chunk(
     per_query = QueryStats(
         postings_probed=probed_q.astype(np.int64, copy=False),
         candidates_scored=candidates_q.sum(1),
-        bytes_read=bytes_q.sum(1) + reranked * view.vector_bytes,
+        bytes_read=bytes_q.sum(1) + reranked_bytes,
         reranked=reranked,
     )
     postings_probed = int(probed_q.sum())
@@ -435,10 +435,10 @@ def _rerank(
     view: ReadView, queries: np.ndarray, cand: np.ndarray, k: int, d_rerank: int,
     full: np.ndarray | None = None, model: ModelVersion | None = None,
     raw: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
     """Top-k among candidates [q, r] (-1 = none) by distance on the first ``d_rerank`` dims
     of their full vectors (exact when that is all); (ids, distances, bytes read, vectors
-    reranked per query int64 [q]).
+    reranked per query int64 [q], their stored bytes per query int64 [q]).
 
     Vectors stored as given (an integer ``vector_dtype``) are scored on all dims against
     ``raw``, the queries as given: the basis is orthonormal, so the distances are the
@@ -450,8 +450,9 @@ def _rerank(
     valid = cand >= 0
     if not valid.any():
         worst = np.inf if view.metric == "l2" else -np.inf
+        none = np.zeros(len(cand), dtype=np.int64)
         return (np.full((len(cand), k), -1, np.int64), np.full((len(cand), k), worst, np.float32),
-                0, np.zeros(len(cand), dtype=np.int64))
+                0, none, none)
     unique, inverse = np.unique(cand[valid], return_inverse=True)
     blobs = view.storage.get_vectors(unique)
     versioned = view.models is not None and view.models.mixed
@@ -464,10 +465,12 @@ def _rerank(
         else:
             vectors = np.frombuffer(joined, dtype="<f4").reshape(-1, view.dim)
         nbytes = len(joined)
+        sizes = np.full(len(unique), view.vector_bytes, dtype=np.int64)
     else:  # model versions, or candidates deleted since their posting was scanned
         present = np.array([b is not None for b in blobs], dtype=bool)
         found = [b for b in blobs if b is not None]
-        nbytes = sum(map(len, found))
+        sizes = np.array([len(b) if b is not None else 0 for b in blobs], dtype=np.int64)
+        nbytes = int(sizes.sum())
         decoded, found_versions = decode_vectors(found, view.dim, view.vector_dtype)
         if versioned:  # every version is scored in the collection space
             decoded = view.stored(decoded, found_versions)
@@ -505,7 +508,8 @@ def _rerank(
         worst = np.inf if view.metric == "l2" else -np.inf
         top_ids = np.pad(top_ids, ((0, 0), (0, pad)), constant_values=-1)
         top_dist = np.pad(top_dist, ((0, 0), (0, pad)), constant_values=worst)
-    return top_ids, top_dist, nbytes, alive.sum(1).astype(np.int64)
+    per_query = np.where(alive, sizes[slot], 0).sum(1).astype(np.int64)
+    return top_ids, top_dist, nbytes, alive.sum(1).astype(np.int64), per_query
 
 
 def _versioned_scores(

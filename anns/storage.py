@@ -44,6 +44,7 @@ import os
 import queue
 import shutil
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,6 +497,8 @@ class Storage:
         with self._pool_lock:
             if self._pool is None:
                 self._pool = _ReadThreads(self.config.io_threads - 1, "anns-io")
+                # a storage dropped without close() stops its threads too
+                weakref.finalize(self, self._pool.stop)
             return self._pool
 
     def iter_vectors(
@@ -677,6 +680,9 @@ class _ReadThreads:
         while (part := self._parts.get()) is not None:
             calls, slot = part
             calls.run(slot)
+            # between parts hold nothing: a finished call's function is a column family's
+            # reader, which would keep an unclosed collection's database (and lock) alive
+            del part, calls
 
     def start(self, fn: Callable[[Any], Any], args: Sequence[Any], keep: int = 0) -> _Calls:
         """Start ``fn`` over ``args`` on the threads, but for the last ``keep`` calls, which
@@ -686,10 +692,17 @@ class _ReadThreads:
             self._parts.put((calls, slot))
         return calls
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
+        """Ask the threads to end once the parts queued before have run (no wait)."""
         for _ in self._threads:
             self._parts.put(None)
-        for thread in self._threads:
+
+    def shutdown(self) -> None:
+        """:meth:`stop`, then wait for the threads to end."""
+        threads, self._threads = self._threads, []
+        for _ in threads:
+            self._parts.put(None)
+        for thread in threads:
             thread.join()
 
 

@@ -60,21 +60,26 @@ def as_vectors(x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector")
     return out
 
 
-def check_storable(x: np.ndarray, dtype: str, *, what: str = "vector") -> np.ndarray:
+def check_storable(
+    x: np.ndarray, dtype: str, *, what: str = "vector", rows: np.ndarray | None = None,
+    convert: bool = True,
+) -> np.ndarray:
     """``x`` (validated float32 [n, dim]) as ``dtype`` ("uint8" / "int8"), exactly: every value
     must be an integer in the type's range (InvalidArgumentError naming the first that is
-    not). ``float32`` returns ``x`` itself."""
+    not, by its number in ``rows`` when given: the input's row numbers of ``x``'s rows).
+    ``float32``, or ``convert=False`` (a check only), returns ``x`` itself."""
     if dtype == "float32":
         return x
     info = np.iinfo(dtype)
     bad = (x < info.min) | (x > info.max) | (x != np.rint(x))
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])
+        shown = row if rows is None else int(rows[row])
         raise InvalidArgumentError(
-            f"{what}s are stored as {dtype} (integers {info.min}..{info.max}): row {row}, dim "
-            f"{col} holds {float(x[row, col])!r} in {int(bad.any(axis=1).sum())} bad row(s)"
+            f"{what}s are stored as {dtype} (integers {info.min}..{info.max}): row {shown}, "
+            f"dim {col} holds {float(x[row, col])!r} in {int(bad.any(axis=1).sum())} bad row(s)"
         )
-    return x.astype(dtype)
+    return x.astype(dtype) if convert else x
 
 
 def normalized(x: np.ndarray, *, what: str = "vector") -> np.ndarray:

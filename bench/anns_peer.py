@@ -76,8 +76,9 @@ def build(
     ``tune_recall``, then tune it (see the module docstring)."""
     if index_dir.exists():
         shutil.rmtree(index_dir)
-    # integer data is stored as such, as DiskANN indexes it in the same run
-    dtype = "float32" if ds.metric == "cosine" else harness.integer_dtype(ds.base(), ds.queries)
+    # integer l2 data is stored as such, as DiskANN indexes it in the same run (diskannpy
+    # takes integer vectors for l2 only)
+    dtype = harness.integer_dtype(ds.base(), ds.queries) if ds.metric == "l2" else "float32"
     config = {"vector_dtype": dtype, **config, "metric": ds.metric}
     t0 = time.perf_counter()
     summary, anon_mb = harness.anon_peak(lambda: anns.build(

@@ -15,9 +15,10 @@ The dataset directory holds ``base.npy`` (float32 [n, d]), ``query.npy``
 (float32 [q, d]), ``gt.npy`` (int32 [q, >=10]) and ``meta.json`` whose ``metric``
 is ``"l2"``, ``"ip"`` or ``"cosine"``.  DiskANN's disk index has no cosine
 support, so cosine data is L2-normalised and indexed with L2 (same ranking);
-``ip`` maps to DiskANN's ``mips``. Integer data (every base and query value an integer in
+``ip`` maps to DiskANN's ``mips``. Integer l2 data (every base and query value an integer in
 uint8's or int8's range, as Fashion-MNIST's pixels) is indexed as that type, as DiskANN users
-would index it and as anns stores it (``vector_dtype``); anything else as float32.
+would index it and as anns stores it (``vector_dtype``); anything else as float32 (diskannpy
+takes integer vectors for l2 only).
 
 Output contract: ``build`` prints one JSON object on stdout; ``search`` prints one
 JSON row per complexity (benchmark row schema, DESIGN.md section 6), one per line.
@@ -293,8 +294,9 @@ def cmd_build(args: argparse.Namespace, out: TextIO) -> None:
     index_dir.mkdir(parents=True, exist_ok=True)
 
     base = _prepare(np.load(dataset / "base.npy"), meta["metric"])
-    dtype = np.float32 if meta["metric"] == "cosine" else _integer_dtype(
-        base, np.load(dataset / "query.npy", mmap_mode="r"))
+    # diskannpy builds integer indexes for l2 only (not mips)
+    dtype = _integer_dtype(base, np.load(dataset / "query.npy", mmap_mode="r")) \
+        if meta["metric"] == "l2" else np.float32
     base = base.astype(dtype, copy=False)
     n, d = base.shape
     budget_gib, pq_expected = search_memory_budget_gib(n, d, args.pq_fraction)

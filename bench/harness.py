@@ -67,8 +67,8 @@ def _status_kib(field: str) -> int:
 
 def integer_dtype(*arrays: np.ndarray) -> str:
     """"uint8" or "int8" when every value of ``arrays`` is an integer in that type's range
-    (pixels, SIFT descriptors), else "float32": how the systems of a run store the data.
-    ``bench/diskann_runner.py`` decides the same way (it cannot import this module)."""
+    (pixels, SIFT descriptors), else "float32": how the systems of a run store l2 data
+    (``bench/diskann_runner.py`` decides the same way: it cannot import this module)."""
     for dtype in ("uint8", "int8"):
         info = np.iinfo(dtype)
         if all(((block >= info.min) & (block <= info.max) & (block == np.rint(block))).all()

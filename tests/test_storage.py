@@ -363,3 +363,21 @@ def test_the_cache_probe_is_skipped_while_it_finds_little_and_tried_again_now_an
     assert sum(tried) == 4
     odds.record(1000, 900)  # the cache warmed up
     assert all(odds.worth_probing() for _ in range(10))
+
+
+def test_a_storage_dropped_unclosed_after_threaded_reads_releases_its_database(
+    tmp_path: Path,
+) -> None:
+    store = Storage.create(tmp_path / "c", StorageConfig(io_threads=4))
+    batch = store.batch()
+    ids = np.arange(64)
+    batch.put_vectors(ids, np.ones((64, 4), np.float32))
+    store.write(batch)
+    assert all(b is not None for b in store.get_vectors(ids))  # split over the I/O threads
+    assert store._pool is not None
+    threads = store._pool._threads
+    del store, batch  # no close(): only references went away
+    Storage.open(tmp_path / "c", StorageConfig()).close()
+    for thread in threads:  # and its threads ended
+        thread.join(timeout=10)
+        assert not thread.is_alive()

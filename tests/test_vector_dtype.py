@@ -160,6 +160,10 @@ def test_values_the_type_cannot_hold_are_refused_and_nothing_is_stored(tmp_path:
         coll.search(x[:2] + 0.5, 5)
     with pytest.raises(InvalidArgumentError, match="int8"):
         anns.build(tmp_path / "b", x, config={"vector_dtype": "int8"})  # 255 > 127
+    late = x.copy()
+    late[250, 3] = 300.0  # past the first chunk of a small build: named by its input row
+    with pytest.raises(InvalidArgumentError, match="row 250, dim 3 holds 300.0"):
+        anns.build(tmp_path / "late", late, config={"vector_dtype": "uint8"})
     with pytest.raises(anns.AnnsError):  # a failed build leaves no collection to open
         anns.Collection.open(tmp_path / "b")
 
@@ -215,6 +219,9 @@ def test_model_versions_and_rebase_on_an_integer_collection(tmp_path: Path) -> N
             queries = q if model == "v2" else old[n:]
             assert_same_answer(f32.search(queries, 10, model=model, **knobs),
                                ints.search(queries, 10, model=model, **knobs))
+        # one query's own figures are the call's: its vectors of either width counted right
+        stats = ints.search(q[:1], 10, model="v2", return_stats=True, **knobs).stats
+        assert stats is not None and stats.per_query.bytes_read[0] == stats.bytes_read
         # base vectors still come back exactly; backfilled ones as their base-space image
         got = ints.get(np.arange(n // 2 - 2, n // 2 + 2))
         np.testing.assert_array_equal(got[2:], old[n // 2 : n // 2 + 2])
@@ -262,6 +269,16 @@ def test_searches_keep_only_the_prefix_columns_of_the_basis_in_ram(tmp_path: Pat
         after = coll.search(x[:20] + 0.5, 10, max_postings=4)
     with anns.Collection.open(tmp_path / "c") as reopened:  # lazy again, same answers
         assert_same_answer(after, reopened.search(x[:20] + 0.5, 10, max_postings=4))
+        # a rerank on other prefixes slices the whole matrix (loaded once), caching none
+        for d_rerank in range(13, 48):
+            reopened.search(x[:2], 5, max_postings=2, d_rerank=d_rerank)
+        assert reopened.info()["memory"]["basis"] <= full + 48 * 13 * 4 + 48 * 8
+    # dropped unclosed after a search, it lets go of its database at once: neither the lazy
+    # basis's loader nor the I/O threads hold on to it
+    dropped = anns.Collection.open(tmp_path / "c")
+    dropped.search(x[:2], 5)
+    del dropped
+    anns.Collection.open(tmp_path / "c").close()
 
 
 def test_a_tuned_integer_collection_meets_its_target_on_unseen_queries(tmp_path: Path) -> None:
