@@ -459,9 +459,8 @@ def _rerank(
     if blobs.count(None) == 0 and not versioned:  # the common case: one join, no loop
         present = np.ones(len(unique), dtype=bool)
         joined = b"".join(blobs)  # type: ignore[arg-type]
-        if view.raw_vectors:
+        if view.raw_vectors:  # left as stored: the scoring converts what it gathers
             vectors = np.frombuffer(joined, dtype=view.vector_dtype).reshape(-1, view.dim)
-            vectors = vectors.astype(np.float32)
         else:
             vectors = np.frombuffer(joined, dtype="<f4").reshape(-1, view.dim)
         nbytes = len(joined)
@@ -490,7 +489,7 @@ def _rerank(
             assert raw is not None, "vectors stored as given are scored against raw queries"
             queries = raw
         elif view.raw_vectors:
-            vectors = view.basis.apply_prefix(vectors, d_rerank)
+            vectors = view.basis.apply_prefix(vectors.astype(np.float32), d_rerank)
             queries = queries[:, :d_rerank]
         elif d_rerank < view.dim:
             queries, vectors = queries[:, :d_rerank], vectors[:, :d_rerank]
@@ -556,13 +555,17 @@ def _exact_scores(
 ) -> np.ndarray:
     """Exact distance (l2) or similarity (ip, cosine) of query i to vectors[slot[i, j]].
 
-    Gathers [rows, r, d] blocks of bounded size (~8 MiB) rather than the whole chunk at once.
+    Gathers [rows, r, d] blocks of bounded size (~8 MiB as float32) rather than the whole
+    chunk at once; integer vectors are gathered as stored, a quarter of the bytes to move,
+    and converted block by block.
     """
     q, r = slot.shape
     out = np.empty((q, r), dtype=np.float32)
     step = max(1, (8 << 20) // max(1, r * vectors.shape[1] * 4))
     for s in range(0, q, step):
         block = vectors[slot[s : s + step]]  # [rows, r, d]
+        if block.dtype != np.float32:
+            block = block.astype(np.float32)
         qs = queries[s : s + step]
         if metric == "l2":
             # the difference form, not |q|^2 + |v|^2 - 2qv: no cancellation for near points

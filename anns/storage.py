@@ -713,7 +713,7 @@ def _write_marker(path: Path, version: int) -> None:
 
 
 #: Target size of a vectors block (see :func:`_uncached_table`).
-VECTOR_BLOCK_BYTES = 1024
+VECTOR_BLOCK_BYTES = 512
 
 
 def _uncached_table() -> rocksdict.BlockBasedOptions:
@@ -727,14 +727,16 @@ def _uncached_table() -> rocksdict.BlockBasedOptions:
     :meth:`Storage.memory_usage`, ~12 bytes per stored vector) instead of competing for the
     cache; they are read on every vector lookup, so they must stay in memory either way.
 
-    Blocks of ``VECTOR_BLOCK_BYTES``: a lookup reads a whole block, and at RocksDB's default
-    4 KiB a block takes a second vector of 3 KiB (it is cut only past 90% full), so each
-    rerank read fetched two vectors' pages (Fashion-MNIST: 30,000 blocks of 6.3 KB for 60,000
-    vectors). Smaller blocks hold one vector of 1 KiB or more. That doubles the entries of
-    the block index, which the table readers hold in RAM: its keys are prefix-compressed in
-    runs of 16 (a lookup's binary search ends in a scan of at most 16), which took it from
-    1.30 to 0.41 MB at 60,000 vectors (0.70 MB at two vectors a block and one key a run),
-    with no slowdown measured.
+    Blocks of ``VECTOR_BLOCK_BYTES``: a lookup reads a whole block, and a block takes another
+    entry unless it is past 90% of the target already, so at RocksDB's default 4 KiB each
+    rerank read fetched two 3 KiB float32 vectors (Fashion-MNIST: 30,000 blocks of 6.3 KB for
+    60,000 vectors), and at 1 KiB two of its 784-byte uint8 vectors. At 512 bytes every
+    vector of 512 bytes or more sits alone in its block (smaller ones share blocks of about
+    512 bytes, a sector). One block a vector doubles the entries of the block index against
+    two, which the table readers hold in RAM: its keys are prefix-compressed in runs of 16 (a
+    lookup's binary search ends in a scan of at most 16), which took it from 1.30 to 0.41 MB
+    at 60,000 float32 vectors (0.70 MB at two vectors a block and one key a run), with no
+    slowdown measured.
     """
     table = rocksdict.BlockBasedOptions()
     table.disable_cache()

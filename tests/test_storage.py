@@ -181,15 +181,22 @@ def _table_figures(store: Storage, family: str) -> dict[str, int]:
     return {k.strip(): int(v) for k, v in pairs if v.strip().isdigit()}
 
 
-@pytest.mark.parametrize(("dim", "per_block"), [(784, 1), (300, 1), (64, 4)])
-def test_a_vector_read_fetches_its_own_block(tmp_path: Path, dim: int, per_block: int) -> None:
-    """A rerank read fetches the whole block holding the vector: vectors of 1 KiB or more sit
-    one to a block (at RocksDB's default 4 KiB, two 3 KiB vectors shared one), smaller ones
-    a few to a block."""
+@pytest.mark.parametrize(("dtype", "dim", "per_block"), [
+    ("float32", 784, 1), ("float32", 300, 1), ("float32", 64, 2), ("uint8", 784, 1),
+    ("uint8", 128, 4)])
+def test_a_vector_read_fetches_its_own_block(
+    tmp_path: Path, dtype: str, dim: int, per_block: int
+) -> None:
+    """A rerank read fetches the whole block holding the vector: vectors of 512 bytes or more
+    sit one to a block (at RocksDB's default 4 KiB, two 3 KiB vectors shared one; at 1 KiB,
+    two 784-byte uint8 ones), smaller ones a few to a block of about 512 bytes."""
     store = Storage.create(tmp_path / "c", StorageConfig())
     try:
         batch = store.batch()
-        batch.put_vectors(np.arange(600), S.gaussian(0, 600, dim))
+        rows = S.gaussian(0, 600, dim)
+        if dtype == "uint8":
+            rows = np.clip(np.rint(rows * 40 + 128), 0, 255).astype(np.uint8)
+        batch.put_vectors(np.arange(600), rows)
         store.write(batch)
         store.flush()
         figures = _table_figures(store, VECTORS)
