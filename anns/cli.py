@@ -23,6 +23,7 @@ from anns.errors import AnnsError, InputFormatError, InvalidArgumentError
 from anns.evaluation import recall_at
 from anns.formats import open_matrix
 from anns.index import Collection
+from anns.vectors import integer_dtype
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vectors", required=True, type=Path)
     p.add_argument("--ids", type=Path, help=".npy of int64 ids (default: row numbers)")
     p.add_argument("--metric", choices=["l2", "ip", "cosine"])
-    p.add_argument("--vector-dtype", choices=["float32", "uint8", "int8"],
+    p.add_argument("--vector-dtype", choices=["float32", "uint8", "int8", "auto"],
                    help="how full vectors are stored: uint8/int8 keep integer data as given, "
-                        "a quarter of float32's bytes (default float32)")
+                        "a quarter of float32's bytes; auto picks the smallest type that "
+                        "holds every value exactly (default float32)")
     p.add_argument("--config", type=Path, help="JSON file of IndexConfig fields")
     p.add_argument("--no-progress", action="store_true")
     _storage_args(p)
@@ -212,7 +214,12 @@ def _cmd_build(args: argparse.Namespace) -> None:
     config: dict[str, Any] = _config_file(args.config) if args.config else {}
     if args.metric:
         config["metric"] = args.metric
-    if args.vector_dtype:
+    if args.vector_dtype == "auto":  # one pass over the input (its pages dropped after)
+        metric = config.get("metric", "l2")
+        config["vector_dtype"] = (
+            "float32" if metric == "cosine" else integer_dtype(open_matrix(args.vectors)))
+        print(f"vector_dtype auto: {config['vector_dtype']}", file=sys.stderr)
+    elif args.vector_dtype:
         config["vector_dtype"] = args.vector_dtype
     summary = build(
         args.dir, args.vectors, args.ids, config,

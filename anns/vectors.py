@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from anns.config import MAX_K, Metric
+from anns.formats import drop_resident_pages
 from anns.errors import (
     DimensionMismatchError,
     DTypeError,
@@ -80,6 +81,29 @@ def check_storable(
             f"dim {col} holds {float(x[row, col])!r} in {int(bad.any(axis=1).sum())} bad row(s)"
         )
     return x.astype(dtype) if convert else x
+
+
+def integer_dtype(*arrays: np.ndarray, rows: int = 4096) -> str:
+    """"uint8" or "int8" when every value of ``arrays`` is an integer in that type's range
+    (pixels, SIFT-like descriptors), else "float32": the ``vector_dtype`` that stores them
+    exactly in the fewest bytes. Read a block of ``rows`` at a time, dropping a mapped file's
+    pages after each (a check must not fill the process's RSS with the input)."""
+    for dtype in ("uint8", "int8"):
+        info = np.iinfo(dtype)
+        fits = True
+        for x in arrays:
+            for s in range(0, len(x), rows):
+                block = np.array(x[s : s + rows], dtype=np.float32)
+                drop_resident_pages(x)
+                if not ((block >= info.min) & (block <= info.max)
+                        & (block == np.rint(block))).all():
+                    fits = False
+                    break
+            if not fits:
+                break
+        if fits:
+            return dtype
+    return "float32"
 
 
 def normalized(x: np.ndarray, *, what: str = "vector") -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 
 import anns
 from anns.config import SearchParams, validated
+from anns.vectors import integer_dtype
 from bench import harness
 from bench.harness import Dataset
 
@@ -78,7 +79,7 @@ def build(
         shutil.rmtree(index_dir)
     # integer l2 data is stored as such, as DiskANN indexes it in the same run (diskannpy
     # takes integer vectors for l2 only)
-    dtype = harness.integer_dtype(ds.base(), ds.queries) if ds.metric == "l2" else "float32"
+    dtype = integer_dtype(ds.base(), ds.queries) if ds.metric == "l2" else "float32"
     config = {"vector_dtype": dtype, **config, "metric": ds.metric}
     t0 = time.perf_counter()
     summary, anon_mb = harness.anon_peak(lambda: anns.build(

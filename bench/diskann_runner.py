@@ -170,7 +170,8 @@ def _prepare(vectors: AnyArray, metric: str) -> FloatArray:
 
 def _integer_dtype(*arrays: AnyArray) -> Any:
     """np.uint8 or np.int8 when every value of ``arrays`` is an integer in its range, else
-    np.float32 (checked a block of rows at a time)."""
+    np.float32 (checked a block of rows at a time): the rule of ``anns.vectors.integer_dtype``,
+    which this script cannot import."""
     for dtype in (np.uint8, np.int8):
         info = np.iinfo(dtype)
         fits = True

@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +39,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from anns import memory
-from anns.formats import drop_resident_pages
 
 #: The keys every benchmark row has (DESIGN.md section 6); other tools read them.
 ROW_KEYS = (
@@ -63,27 +62,6 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def integer_dtype(*arrays: np.ndarray) -> str:
-    """"uint8" or "int8" when every value of ``arrays`` is an integer in that type's range
-    (pixels, SIFT descriptors), else "float32": how the systems of a run store l2 data
-    (``bench/diskann_runner.py`` decides the same way: it cannot import this module)."""
-    for dtype in ("uint8", "int8"):
-        info = np.iinfo(dtype)
-        if all(((block >= info.min) & (block <= info.max) & (block == np.rint(block))).all()
-               for x in arrays for block in _blocks(x)):
-            return dtype
-    return "float32"
-
-
-def _blocks(x: np.ndarray, rows: int = 4096) -> Iterator[np.ndarray]:
-    """float32 copies of ``x``'s rows, a block at a time; a mapped file's pages are dropped
-    from RSS after each (a build's peak RSS must not count the check)."""
-    for s in range(0, len(x), rows):
-        block = np.array(x[s : s + rows], dtype=np.float32)
-        drop_resident_pages(x)
-        yield block
 
 
 def rss_bytes() -> int:

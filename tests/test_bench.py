@@ -14,7 +14,7 @@ import pytest
 
 import anns
 from anns.quantization import make_codec
-from bench import disk, harness, targets, variants
+from bench import disk, targets, variants
 from bench.run import _finite
 
 
@@ -162,11 +162,3 @@ def test_backfill_speed_measures_an_accepted_model(tmp_path: Path, capsys: Any) 
     (row,) = json.loads(out.read_text())
     assert row["n"] == 3000 and row["new_dim"] == 40
     assert row["backfill_vps"] > 0 and row["upsert_vps"] > 0 and row["faiss_flat_add_vps"] > 0
-
-
-def test_integer_dtype_is_what_every_value_fits() -> None:
-    pixels = np.array([[0, 255], [17, 3]], dtype=np.float32)
-    assert harness.integer_dtype(pixels, pixels[:1]) == "uint8"
-    assert harness.integer_dtype(pixels - 128) == "int8"
-    assert harness.integer_dtype(pixels, np.array([[0.5, 1]], np.float32)) == "float32"
-    assert harness.integer_dtype(pixels + 1) == "float32"  # 256 fits neither

@@ -239,11 +239,20 @@ def test_model_versions_and_rebase_on_an_integer_collection(tmp_path: Path) -> N
         assert coll.config.vector_dtype == "float32" and coll.count() == n
 
 
-def test_cli_build_stores_integers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flag", ["uint8", "auto"])
+def test_cli_build_stores_integers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
     x = integer_data(4, 300, 8, "uint8")
     np.save(tmp_path / "x.npy", x)
     main(["build", str(tmp_path / "c"), "--vectors", str(tmp_path / "x.npy"),
-          "--vector-dtype", "uint8", "--no-progress"])
+          "--vector-dtype", flag, "--no-progress"])
+    if flag == "auto":
+        assert "vector_dtype auto: uint8" in capsys.readouterr().err
+        np.save(tmp_path / "f.npy", x + 0.5)  # and floats stay floats
+        main(["build", str(tmp_path / "f"), "--vectors", str(tmp_path / "f.npy"),
+              "--vector-dtype", "auto", "--no-progress"])
+        assert "vector_dtype auto: float32" in capsys.readouterr().err
     capsys.readouterr()
     store = Storage.open(tmp_path / "c", anns.StorageConfig(read_only=True))
     try:

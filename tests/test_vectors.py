@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import numpy as np
@@ -18,7 +20,7 @@ from anns import (
     LimitExceededError,
     NonFiniteError,
 )
-from anns.vectors import MAX_ID, as_ids, as_vectors, check_k, normalized
+from anns.vectors import MAX_ID, as_ids, as_vectors, check_k, integer_dtype, normalized
 
 
 # --------------------------------------------------------------------------- vectors
@@ -167,3 +169,17 @@ def test_k_beyond_max_k(k: int) -> None:
 def test_non_integer_k(k: object) -> None:
     with pytest.raises(DTypeError, match="k must be an integer"):
         check_k(k)
+
+
+def test_integer_dtype_is_the_smallest_type_every_value_fits(tmp_path: Path) -> None:
+    pixels = np.array([[0, 255], [17, 3]], dtype=np.float32)
+    assert integer_dtype(pixels, pixels[:1]) == "uint8"
+    assert integer_dtype(pixels - 128) == "int8"
+    assert integer_dtype(pixels, np.array([[0.5, 1]], np.float32)) == "float32"
+    assert integer_dtype(pixels + 1) == "float32"  # 256 fits neither
+    # a mapped file, read a few rows at a time: a bad value in a late block still counts
+    big = np.zeros((50, 2), dtype=np.float32)
+    big[47, 1] = -3
+    np.save(tmp_path / "x.npy", big)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert integer_dtype(mapped, rows=8) == "int8"
