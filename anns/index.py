@@ -172,11 +172,13 @@ class Collection:
             raise
 
     def close(self) -> None:
-        """Flush and close the database. Further calls raise CollectionClosedError."""
+        """Flush and close the database. Further calls raise CollectionClosedError; searches
+        in flight finish first (the database is never closed under a read)."""
         with self._lock:
             if not self._closed:
-                self._closed = True
-                self._storage.close()
+                with self._commit.write():
+                    self._closed = True
+                    self._storage.close()
 
     def __enter__(self) -> Collection:
         return self
@@ -265,6 +267,7 @@ class Collection:
         q = as_vectors(queries, self._models.get(model).dim, metric=self.config.metric,
                        what="query")
         with self._commit.read():  # one state: the router and postings of the same write
+            self._check_open()  # a close may have landed while this search waited
             view = self._view
             if view is None:
                 raise EmptyCollectionError(
@@ -280,6 +283,7 @@ class Collection:
         :meth:`_space_queries`, scored as the base model's: what tuning measures, whichever
         model versions are stored."""
         with self._commit.read():
+            self._check_open()
             view = self._require_view()
             space = view if view.raw_vectors else dataclasses.replace(
                 view, basis=Basis.identity(view.dim))

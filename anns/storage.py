@@ -643,6 +643,10 @@ class _Calls:
         except BaseException as e:  # noqa: BLE001 - re-raised by result()
             self._out[slot] = _Failed(e)
         if next(self._done) == len(self._args):  # itertools.count: atomic under the GIL
+            # every call is done: let go of the reader (a column family, which keeps the
+            # database open) before the caller wakes, since this object may outlive the
+            # call in the queue (parts the caller ran itself) or in a thread's frame
+            self._fn = None  # type: ignore[assignment]
             self._finished.release()
 
     def result(self) -> list[Any]:

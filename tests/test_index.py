@@ -144,6 +144,41 @@ def test_use_after_close(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -
             call()
 
 
+def test_a_close_waits_for_the_search_in_flight_then_refuses_new_ones(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close never pulls the database from under a search in flight: the search answers in
+    full, the close lands after it, and later searches raise CollectionClosedError."""
+    anns.build(tmp_path / "c", small[0], config={"posting_size": 32})
+    coll = anns.Collection.open(tmp_path / "c")
+    reading, resume = threading.Event(), threading.Event()
+    fetch = coll._storage.get_vectors
+
+    def slow_fetch(ids: np.ndarray) -> list[bytes | None]:
+        reading.set()  # the search holds its read of the collection here
+        assert resume.wait(10)
+        return fetch(ids)
+
+    monkeypatch.setattr(coll._storage, "get_vectors", slow_fetch)
+    with ThreadPoolExecutor(2) as pool:
+        search = pool.submit(coll.search, small[1], 5, max_postings=8)
+        assert reading.wait(10)
+        close = pool.submit(coll.close)
+        assert not close.done()  # (give it a moment: it must be waiting for the search)
+        try:
+            close.result(timeout=0.3)
+        except concurrent.futures.TimeoutError:
+            pass
+        assert not close.done()
+        resume.set()
+        result = search.result(timeout=10)
+        close.result(timeout=10)
+    assert result.ids.shape == (len(small[1]), 5) and (result.ids[:, 0] >= 0).all()
+    with pytest.raises(CollectionClosedError):
+        coll.search(small[1], 5)
+    anns.Collection.open(tmp_path / "c").close()  # and the database was released
+
+
 def test_read_only_collection_refuses_writes(
     tmp_path: Path, small: tuple[np.ndarray, np.ndarray]
 ) -> None:
