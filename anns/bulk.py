@@ -239,7 +239,7 @@ class _Builder:
         collection basis once it is fitted unless ``as_given``; the input's pages are dropped
         from RSS afterwards, so memory stays bounded by the copies. Rows an integer
         ``vector_dtype`` cannot store are refused here, before anything is written."""
-        rows = np.arange(self.n)[which] if isinstance(which, slice) else which
+        rows = np.arange(*which.indices(self.n)) if isinstance(which, slice) else which
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for s in range(0, len(rows), self.chunk):  # bounded reads of the mapping at a time
             part = rows[s : s + self.chunk]
