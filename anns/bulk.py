@@ -237,8 +237,7 @@ class _Builder:
     def _rows(self, which: slice | np.ndarray, *, as_given: bool = False) -> np.ndarray:
         """Validated float32 copy of some input rows (normalised for cosine), in the
         collection basis once it is fitted unless ``as_given``; the input's pages are dropped
-        from RSS afterwards, so memory stays bounded by the copies. Rows an integer
-        ``vector_dtype`` cannot store are refused here, before anything is written."""
+        from RSS afterwards, so memory stays bounded by the copies."""
         rows = np.arange(*which.indices(self.n)) if isinstance(which, slice) else which
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for s in range(0, len(rows), self.chunk):  # bounded reads of the mapping at a time
@@ -246,8 +245,6 @@ class _Builder:
             src = self.x[part[0] : part[-1] + 1] if _is_run(part) else self.x[part]
             out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
             drop_resident_pages(self.x)
-        if self.raw:
-            check_storable(out, self.cfg.vector_dtype, rows=rows, convert=False)
         return out if self.basis is None or as_given else self.basis.apply_in_place(out)
 
     def _train(self) -> tuple[Router, Any]:
@@ -256,6 +253,8 @@ class _Builder:
         size = min(self.n, max(1, int(cfg.train_sample_mb * (1 << 20) / (4 * self.dim))))
         rows = np.sort(rng.choice(self.n, size, replace=False)) if size < self.n else None
         sample = self._rows(rows if rows is not None else slice(0, self.n))
+        if self.raw:  # fail at once on most bad inputs; the write checks every row
+            check_storable(sample, cfg.vector_dtype, rows=rows, convert=False)
         self.basis = fit_basis(sample, cfg)
         sample = self.basis.apply_in_place(sample)  # the sample is this build's own array
         log.info(
@@ -340,7 +339,8 @@ class _Builder:
         batch, pending = self.store.batch(), 0
         for s, block in self._chunks("write vectors", as_given=self.raw):
             ids = self.ids[s : s + len(block)]
-            stored = block.astype(self.cfg.vector_dtype) if self.raw else block  # checked
+            stored = block if not self.raw else check_storable(
+                block, self.cfg.vector_dtype, rows=np.arange(s, s + len(block)))
             batch.put_vectors(ids, stored, self.version)
             # the chunk's postings per row, -1 padded: every record encoded at once
             c = counts[s : s + len(block)]

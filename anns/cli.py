@@ -214,7 +214,7 @@ def _cmd_build(args: argparse.Namespace) -> None:
     config: dict[str, Any] = _config_file(args.config) if args.config else {}
     if args.metric:
         config["metric"] = args.metric
-    if args.vector_dtype == "auto":  # at most two passes over the input (pages dropped)
+    if args.vector_dtype == "auto":  # one pass over the input (its pages dropped)
         metric = config.get("metric", "l2")
         config["vector_dtype"] = (
             "float32" if metric == "cosine" else integer_dtype(open_matrix(args.vectors)))

@@ -226,10 +226,13 @@ def _search(
     t0 = time.perf_counter()
     # full: the query on all dims of its own version (same-version rerank), None for the
     # base model; the base-space image routes, scans, and scores other versions' vectors
-    full = None if model is None or model.is_base else _full_query(model, queries, view)
-    # raw: the base model's queries as given, for the rerank of vectors stored as given
-    raw = queries if view.raw_vectors and (model is None or model.is_base) else None
-    if raw is not None and not (view.models is not None and view.models.mixed):
+    base = model is None or model.is_base
+    full = None if base else _full_query(model, queries, view)  # type: ignore[arg-type]
+    # raw: the base model's queries as given, which the rerank scores vectors stored as
+    # given against (with model versions it scores every version in collection space)
+    mixed = view.models is not None and view.models.mixed
+    raw = queries if view.raw_vectors and base and not mixed else None
+    if raw is not None:
         # only routing and the scan read the collection space (a shorter rerank too): its
         # prefix, and the norm of the rest for the tail codec, cost a fraction of the product
         width = max(view.d_scan, d_rerank if d_rerank < view.dim else 0)

@@ -702,10 +702,9 @@ class _ReadThreads:
             self._parts.put(None)
 
     def shutdown(self) -> None:
-        """:meth:`stop`, then wait for the threads to end."""
+        """:meth:`stop`, then wait for the threads to end (a later stop does nothing)."""
+        self.stop()
         threads, self._threads = self._threads, []
-        for _ in threads:
-            self._parts.put(None)
         for thread in threads:
             thread.join()
 

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from anns.config import MAX_K, Metric
-from anns.formats import drop_resident_pages
 from anns.errors import (
     DimensionMismatchError,
     DTypeError,
@@ -20,6 +19,7 @@ from anns.errors import (
     LimitExceededError,
     NonFiniteError,
 )
+from anns.formats import drop_resident_pages
 
 #: Ids are stored as 8-byte big-endian keys; -1 is the padding value of search results.
 MAX_ID = np.iinfo(np.int64).max
@@ -86,22 +86,21 @@ def check_storable(
 def integer_dtype(*arrays: np.ndarray, rows: int = 4096) -> str:
     """"uint8" or "int8" when every value of ``arrays`` is an integer in that type's range
     (pixels, SIFT-like descriptors), else "float32": the ``vector_dtype`` that stores them
-    exactly in the fewest bytes. Read a block of ``rows`` at a time, dropping a mapped file's
-    pages after each (a check must not fill the process's RSS with the input)."""
+    exactly in the fewest bytes. One pass, a block of ``rows`` at a time, dropping a mapped
+    file's pages after each (a check must not fill the process's RSS with the input)."""
+    low, high = np.inf, -np.inf
+    for x in arrays:
+        for s in range(0, len(x), rows):
+            block = np.array(x[s : s + rows], dtype=np.float32)
+            drop_resident_pages(x)
+            if block.size == 0:
+                continue
+            if not (block == np.rint(block)).all():
+                return "float32"
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
     for dtype in ("uint8", "int8"):
         info = np.iinfo(dtype)
-        fits = True
-        for x in arrays:
-            for s in range(0, len(x), rows):
-                block = np.array(x[s : s + rows], dtype=np.float32)
-                drop_resident_pages(x)
-                if not ((block >= info.min) & (block <= info.max)
-                        & (block == np.rint(block))).all():
-                    fits = False
-                    break
-            if not fits:
-                break
-        if fits:
+        if info.min <= low and high <= info.max or low > high:  # (low > high: no values)
             return dtype
     return "float32"
 

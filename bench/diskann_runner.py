@@ -172,18 +172,16 @@ def _integer_dtype(*arrays: AnyArray) -> Any:
     """np.uint8 or np.int8 when every value of ``arrays`` is an integer in its range, else
     np.float32 (checked a block of rows at a time): the rule of ``anns.vectors.integer_dtype``,
     which this script cannot import."""
+    low, high = np.inf, -np.inf
+    for x in arrays:
+        for s in range(0, len(x), 4096):
+            block = np.asarray(x[s : s + 4096], dtype=np.float32)
+            if block.size and not (block == np.rint(block)).all():
+                return np.float32
+            if block.size:
+                low, high = min(low, float(block.min())), max(high, float(block.max()))
     for dtype in (np.uint8, np.int8):
-        info = np.iinfo(dtype)
-        fits = True
-        for x in arrays:
-            for s in range(0, len(x), 4096):
-                block = np.asarray(x[s : s + 4096], dtype=np.float32)
-                if not ((block >= info.min) & (block <= info.max) & (block == np.rint(block))).all():
-                    fits = False
-                    break
-            if not fits:
-                break
-        if fits:
+        if np.iinfo(dtype).min <= low and high <= np.iinfo(dtype).max:
             return dtype
     return np.float32
 
