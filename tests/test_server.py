@@ -277,7 +277,8 @@ def test_model_field_is_congruent_with_the_library(tmp_path: Path) -> None:
                     ids, distances = search(model, q)
                     expected = local.search(q, 10, model=model or None)
                     np.testing.assert_array_equal(ids, expected.ids)
-                    np.testing.assert_array_equal(distances, expected.distances)
+                    # the server's threads may round BLAS products differently by an ulp
+                    np.testing.assert_allclose(distances, expected.distances, rtol=1e-6)
 
             congruent()  # every stored vector is the base model's
             # writes naming v2: an upsert, an add of new ids, a stream; the library the same
