@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -16,7 +17,8 @@ import anns
 import strategies as S
 from anns import MAX_K, InvalidArgumentError, SearchParams
 from anns.evaluation import exact_knn, recall_at
-from anns.search import _first_unique
+from anns.quantization import FlatCodec
+from anns.search import SCAN_COPIES, _first_unique, _scan
 from invariants import exhaustive, assert_matches_brute_force, brute_force
 
 
@@ -327,6 +329,35 @@ def test_first_unique_keeps_first_occurrences_in_order(cand: np.ndarray, depth: 
                 want.append(v)
         want = want[:depth]
         assert got.tolist() == want + [-1] * (depth - len(want))
+
+
+@pytest.mark.parametrize("replica_cap", [3, 8])
+@given(data=st.data(), depth=st.integers(1, 12))
+def test_the_scan_pool_finds_what_room_for_every_copy_finds(
+    data: st.DataObject, depth: int, replica_cap: int
+) -> None:
+    """Making room for SCAN_COPIES copies of a vector (then again, with room for all, for the
+    queries left short) yields the same candidates as room for every copy from the start.
+    At replica_cap 8 every id is in every list: more copies than the pool has room for."""
+    n_ids, n_lists, q = 30, 8, 3
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    vectors = rng.standard_normal((n_ids, 4)).astype(np.float32)
+    lists = []
+    for _ in range(n_lists):  # each id in up to replica_cap lists: heavy replication
+        ids = np.flatnonzero(rng.random(n_ids) < min(1.0, replica_cap / n_lists))
+        lists.append((ids.astype(np.int64), np.ascontiguousarray(vectors[ids]).view(np.uint8)))
+    assign = np.stack([rng.permutation(n_lists) for _ in range(q)]).astype(np.int64)
+    assign[:, data.draw(st.integers(1, n_lists)):] = -1
+    entries = np.array([sum(len(lists[j][0]) for j in row if j >= 0) for row in assign])
+    view = SimpleNamespace(codec=FlatCodec(4, "l2"), replica_cap=replica_cap)
+    queries = rng.standard_normal((q, 4)).astype(np.float32)
+
+    got = _scan(view, queries, lists, assign, entries, depth)  # type: ignore[arg-type]
+    copies = min(replica_cap, assign.shape[1])
+    _, everything = view.codec.scan(queries, lists, assign, max(1, min(
+        depth * copies, int(entries.max()))))
+    np.testing.assert_array_equal(got, _first_unique(everything, depth))
+    assert SCAN_COPIES < 8  # else replica_cap never exceeds it and nothing here is tested
 
 
 def test_exhaustive_search_of_a_query_on_a_centroid_still_sees_every_posting(
