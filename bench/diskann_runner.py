@@ -405,6 +405,7 @@ def _search_one_setting(
         single_ids[i] = res.identifiers
     single_s = time.perf_counter() - t_all
     single_read = _read_bytes() - rb0
+    rss_served = _vm_rss_bytes()
 
     r1, r10 = _recalls(single_ids, gt)
     _, r10_b = _recalls(batch_ids, gt)
@@ -420,6 +421,7 @@ def _search_one_setting(
         "p50_ms": float(np.percentile(lat, 50) * 1e3),
         "p99_ms": float(np.percentile(lat, 99) * 1e3),
         "rss_after_warmup": float(rss_after_warmup),
+        "rss_served": float(rss_served),
         "bytes_read_per_query": single_read / nq,
         "bytes_read_per_query_batch": batch_read / nq,
     }
@@ -499,6 +501,7 @@ def cmd_search(args: argparse.Namespace, out: TextIO) -> None:
                 "rss_serving_mb": (m["rss_after_warmup"] - baseline_rss) / 2**20,
                 "disk_bytes": disk_bytes,
                 "bytes_read_per_query": m["bytes_read_per_query"],
+                "rss_served_mb": (m["rss_served"] - baseline_rss) / 2**20,
             },
         )
 

@@ -131,6 +131,12 @@ def test_report_reads_the_targets_off_the_rows() -> None:
     assert "(2.0)" in traffic and "4,000, 3.8 (40%, 10%)" in traffic
     assert "AdANNS-OPQ" in text
     assert targets.report([_row("faiss-ivf-flat", 0.9, 10)]) == ""
+    # memory is what the process holds after serving when that is more than after warm-up
+    rows[1]["rss_served_mb"] = 12.0
+    rows[-2]["rss_served_mb"] = 5.0  # less than after warm-up: the warm-up's figure stands
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in targets.report(rows).splitlines()}
+    assert "x0.120" in lines["serving RSS / faiss-ivf-flat"]
+    assert "x2.000" in lines["serving RSS / diskann"] and "not met" in lines["serving RSS / diskann"]
 
 
 def test_finite_turns_infinities_into_strings() -> None:
