@@ -88,6 +88,9 @@ def test_operating_points() -> None:
     rows = [_row("x", 0.90, 500), _row("x", 0.96, 300), _row("x", 0.97, 100)]
     assert targets.best_at(rows, 0.95, "qps_batch") is rows[1]
     assert targets.best_at(rows, 0.99, "qps_batch") is None
+    rows[2]["bytes_read_per_query"] = 10.0
+    assert targets.least_at(rows, 0.95, targets._bytes) is rows[2]
+    assert targets.least_at(rows, 0.99, targets._bytes) is None
     assert targets.recall_at_qps(rows, 300) == 0.96
     assert targets.recall_at_qps(rows, 600) is None
     assert targets.pareto([(0.9, 5.0), (0.8, 4.0), (0.95, 3.0)]) == [(0.9, 5.0), (0.95, 3.0)]
@@ -137,6 +140,15 @@ def test_report_reads_the_targets_off_the_rows() -> None:
     lines = {line.split(" | ")[0].lstrip("| "): line for line in targets.report(rows).splitlines()}
     assert "x0.120" in lines["serving RSS / faiss-ivf-flat"]
     assert "x2.000" in lines["serving RSS / diskann"] and "not met" in lines["serving RSS / diskann"]
+    # each measure at its own best point: a slower adaptive point reading fewer bytes sets
+    # the bytes ratio, and the row names its knobs; the QPS ratios keep the fastest point
+    rows.append(_row("anns", 0.955, 1000, variant=variants.ADAPTIVE, read=2500, rss=50,
+                     max_postings=4))
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in targets.report(rows).splitlines()}
+    assert "x0.500" in lines["bytes read per query / diskann"]
+    assert "mp 4, rf 2, eps2 0.6 (0.9550)" in lines["bytes read per query / diskann"]
+    assert "x4.000" in lines["batch QPS / diskann"] and "x0.120" in lines[
+        "serving RSS / faiss-ivf-flat"]
 
 
 def test_finite_turns_infinities_into_strings() -> None:
