@@ -7,6 +7,9 @@ device) from ``qd`` threads, each with one read in flight (``os.preadv`` release
 percentiles. The benchmark measures queue depth 1 (a lone synchronous reader), 32 (more than a
 batch's multi-gets keep in flight with 16 I/O threads) and 64 (whether 32 saturates the
 device). Python issues the reads, so the rates are a lower bound of what the device serves.
+Each level also reports the process's CPU time (user + system, every thread) per read: what
+one synchronous read costs the host before any engine work, the floor under a single query's
+time on a machine with few cores.
 
 The result is one benchmark row with ``system`` "disk" (the DESIGN.md section 6 keys are
 present, None where they do not apply) so that the run's summary can set each anns row's
@@ -72,14 +75,14 @@ def _read_at_depth(path: Path, qd: int, seconds: float) -> dict[str, Any]:
             buf.close()
 
     threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(qd)]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     time.sleep(seconds)
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     if errors:
         raise errors[0]
     lat = np.array([x for per in latencies for x in per], dtype=np.float64)
@@ -92,6 +95,7 @@ def _read_at_depth(path: Path, qd: int, seconds: float) -> dict[str, Any]:
         "mb_per_s": round(reads * BLOCK / elapsed / harness.MB, 2),
         "lat_p50_us": round(float(np.percentile(lat, 50)) * 1e6, 1) if reads else None,
         "lat_p99_us": round(float(np.percentile(lat, 99)) * 1e6, 1) if reads else None,
+        "cpu_us_per_read": round(cpu / reads * 1e6, 1) if reads else None,
     }
 
 
@@ -114,7 +118,8 @@ def measure(
     for level in levels:
         harness.log(f"disk: random {BLOCK // 1024} KiB O_DIRECT reads at QD{level['qd']}: "
                     f"{level['reads_per_s']:.0f}/s ({level['mb_per_s']:.1f} MB/s), "
-                    f"p50 {level['lat_p50_us']} us, p99 {level['lat_p99_us']} us")
+                    f"p50 {level['lat_p50_us']} us, p99 {level['lat_p99_us']} us, "
+                    f"{level['cpu_us_per_read']} us CPU a read")
     row: dict[str, Any] = {key: None for key in harness.ROW_KEYS}
     row.update(
         system=SYSTEM,

@@ -150,12 +150,15 @@ def _disk_section(disks: list[Row]) -> list[str]:
         return ["No disk row in this run (device bandwidth not measured).", ""]
     body = [[str(d.get("when", "-")), f"QD{lv['qd']}", _num(lv["reads_per_s"]),
              _num(lv["mb_per_s"], ".1f"), _num(lv["lat_p50_us"], ".0f"),
-             _num(lv["lat_p99_us"], ".0f"), _num(d.get("loadavg_1m"), ".1f")]
+             _num(lv["lat_p99_us"], ".0f"), _num(lv.get("cpu_us_per_read"), ".1f"),
+             _num(d.get("loadavg_1m"), ".1f")]
             for d in disks for lv in d["levels"]]
     return (["### Device: random 4 KiB O_DIRECT reads (Python threads, one read in flight each)",
              ""]
-            + _table(["when", "queue depth", "reads/s", "MB/s", "p50 us", "p99 us", "load"],
-                     body) + [""])
+            + _table(["when", "queue depth", "reads/s", "MB/s", "p50 us", "p99 us",
+                      "CPU us / read", "load"], body)
+            + ["", "CPU us / read: the process's CPU time (user + system) per read, the host's "
+               "cost of one O_DIRECT read before any engine work.", ""])
 
 
 def _reads(row: Row, batch: bool) -> tuple[float, bool]:

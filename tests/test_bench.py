@@ -166,6 +166,7 @@ def test_disk_probe_reads_with_o_direct(tmp_path: Path) -> None:
         raise
     assert row["system"] == disk.SYSTEM and [lv["qd"] for lv in row["levels"]] == [1, 2]
     assert all(lv["reads"] > 0 and lv["reads_per_s"] > 0 for lv in row["levels"])
+    assert all(lv["cpu_us_per_read"] > 0 for lv in row["levels"])
     assert disk.peak(row) in row["levels"]
     assert not (tmp_path / disk.SCRATCH_NAME).exists()
 
