@@ -333,8 +333,10 @@ class Collection:
 
     def tune(self, recall: float, **options: Any) -> TuneReport:
         """Measure and store the fastest search knobs reaching ``recall``@k on held-out
-        queries sampled from this collection; they become its default profile. See
-        :func:`anns.tuning.tune` for the options (queries, k, objective, seed, store)."""
+        queries sampled from this collection, or on ``query_vectors`` (base-model queries,
+        e.g. a sample of real traffic); they become its default profile. See
+        :func:`anns.tuning.tune` for the options (queries, k, objective, seed, store,
+        d_scans, query_vectors)."""
         self._check_open()
         if options.get("store", True):
             self._check_writable()

@@ -12,15 +12,17 @@ import pytest
 
 import anns
 from anns import (
+    DimensionMismatchError,
     EmptyCollectionError,
     FailedPreconditionError,
     InvalidArgumentError,
+    NonFiniteError,
     SearchParams,
     StorageConfig,
 )
 from anns.cli import main
 from anns.evaluation import exact_knn, recall_at
-from anns.tuning import _held_out
+from anns.tuning import Profile, _given, _held_out, profiles_from_json, profiles_to_json
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -188,6 +190,82 @@ def test_held_out_truth_is_the_exact_neighbours_without_the_query_itself(
         assert self_ids[row] not in truth[row]
 
 
+def _between(base: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Queries unlike any stored vector: midpoints of random pairs (mostly of two clusters)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, len(base), (2, n))
+    noise = rng.standard_normal((n, base.shape[1])).astype(np.float32) * 0.1
+    return ((base[a] + base[b]) / 2 + noise).astype(np.float32)
+
+
+def test_a_profile_tuned_on_given_queries_holds_on_others_of_their_kind(
+    tmp_path: Path, data: Data
+) -> None:
+    base = data[0]
+    queries = _between(base, 400, seed=5)
+    tuning, unseen = queries[:200], queries[200:]
+    truth, _ = exact_knn(base, unseen, 10)
+    recall = {}
+    for source in ("collection", "given"):
+        anns.build(tmp_path / source, base, config=CONFIG)
+        with anns.Collection.open(tmp_path / source) as c:
+            report = c.tune(0.9, queries=150,
+                            query_vectors=tuning if source == "given" else None)
+            assert report.profile.source == source
+            assert report.profile.queries == 150
+            recall[source] = recall_at(c.search(unseen, 10).ids, truth, 10)
+    # stored vectors are where the clustering was fitted: tuned on them, a profile falls far
+    # short on queries between clusters; tuned on such queries, it holds on unseen ones
+    assert recall["given"] >= 0.9 - 0.02, recall
+    assert recall["collection"] < recall["given"] - 0.2, recall
+
+
+def test_given_queries_are_sampled_and_their_truth_is_every_stored_vector(
+    coll: anns.Collection, data: Data
+) -> None:
+    base = data[0]
+    given = _between(base, 60, seed=2)
+    queries, truth = _given(coll, given, 40, 10, seed=3)
+    raw = coll._require_view().basis.invert(queries)
+    # 40 of the 60 rows, in their order, into collection space and back
+    rows = [int(np.argmin(((given - r) ** 2).sum(1))) for r in raw]
+    assert len(set(rows)) == 40 and rows == sorted(rows)
+    np.testing.assert_allclose(raw, given[rows], atol=1e-4)
+    dist = ((given[rows, None, :].astype(np.float64) - base[None]) ** 2).sum(-1)
+    for row in range(40):  # ties aside, the 10 smallest distances over every stored vector
+        assert (dist[row, truth[row]] <= np.sort(dist[row])[9] + 1e-4).all()
+    same, _ = _given(coll, given, 40, 10, seed=3)
+    np.testing.assert_array_equal(same, queries)  # the sample is the seed's
+    everything, _ = _given(coll, given, 300, 10, seed=3)
+    assert len(everything) == 60
+
+
+def test_tune_refuses_bad_given_queries_and_keeps_the_stored_profiles(
+    tmp_path: Path, data: Data
+) -> None:
+    anns.build(tmp_path / "c", data[0][:2000], config=CONFIG)
+    with anns.Collection.open(tmp_path / "c") as c:
+        c.tune(0.8, queries=80)
+        before = c.profiles()
+        with pytest.raises(DimensionMismatchError, match="tuning query dim 31"):
+            c.tune(0.9, query_vectors=data[1][:, :31])
+        bad = data[1].copy()
+        bad[7, 3] = np.nan
+        with pytest.raises(NonFiniteError, match="first at row 7"):
+            c.tune(0.9, query_vectors=bad)
+        with pytest.raises(InvalidArgumentError, match="no tuning queries"):
+            c.tune(0.9, query_vectors=np.empty((0, 32), np.float32))
+        assert c.profiles() == before
+
+
+def test_profiles_stored_before_query_sources_load_as_tuned_on_the_collection() -> None:
+    profile = Profile(0.9, {"max_postings": 8}, 0.93, 1000.0, "batch", 300, 10, 16)
+    blob = json.loads(profiles_to_json({0.9: profile}, 0.9))
+    del blob["profiles"]["0.9"]["source"]  # what format 5 collections stored
+    loaded = profiles_from_json(json.dumps(blob).encode())
+    assert loaded == {0.9: profile} and loaded[0.9].source == "collection"
+
+
 def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
     tmp_path: Path, data: Data, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -211,6 +289,20 @@ def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
     code = main(["tune", str(tmp_path / "c"), "--recall", "2"])
     out, err = capsys.readouterr()
     assert code == 1 and "target recall must be in (0, 1]" in err and out == ""
+    np.save(tmp_path / "q.npy", data[1])
+    code = main(["tune", str(tmp_path / "c"), "--recall", "0.8", "--queries", "60",
+                 "--query-vectors", str(tmp_path / "q.npy")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["source"] == "given" and printed["queries"] == 60
+    with anns.Collection.open(tmp_path / "c") as c:
+        assert c.profiles()[0.8]["source"] == "given"
+    np.save(tmp_path / "q.npy", data[1][:, :16])
+    code = main(["tune", str(tmp_path / "c"), "--recall", "0.8",
+                 "--query-vectors", str(tmp_path / "q.npy")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "tuning query dim 16 does not match collection dim 32" in err
 
 
 # ------------------------------------------------------------------------------ recode
