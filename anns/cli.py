@@ -106,8 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="tuning queries: held-out vectors sampled from the collection, or "
                         "rows sampled from --query-vectors (default 300)")
     p.add_argument("--query-vectors", type=Path, default=None, metavar="FILE",
-                   help=".npy or .fvecs of queries embedded by the collection's base model "
-                        "(e.g. a sample of real traffic) to tune on instead of stored vectors")
+                   help=".npy or .fvecs of queries (e.g. a sample of real traffic) to tune on "
+                        "instead of stored vectors")
+    p.add_argument("--model", default=None,
+                   help="the model version that embedded --query-vectors (default: current)")
     p.add_argument("--objective", choices=["batch", "single"], default="batch",
                    help="maximise batch throughput or single-query rate (default batch)")
     p.add_argument("--seed", type=int, default=0)
@@ -292,6 +294,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             args.recall, k=args.k, queries=args.queries, objective=args.objective,
             seed=args.seed, store=not args.dry_run, d_scans=_int_list(args.d_scan, "--d-scan"),
             query_vectors=None if args.query_vectors is None else open_matrix(args.query_vectors),
+            model=args.model,
         )
     # the curve, for people, on stderr; the profile, for programs, on stdout
     print(f"{'d_scan':>6} {'max_postings':>12} {'eps2':>5} {'refine':>6} {'d_route':>7} "

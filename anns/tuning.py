@@ -35,7 +35,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
@@ -125,6 +125,7 @@ def tune(
     store: bool = True,
     d_scans: Sequence[int] | None = None,
     query_vectors: Any = None,
+    model: str | None = None,
 ) -> TuneReport:
     """Find the fastest search knobs reaching ``recall``@k on ``queries`` held-out vectors,
     or on ``queries`` rows sampled (with ``seed``) from ``query_vectors``.
@@ -135,9 +136,10 @@ def tune(
     postings re-encoded for it (:meth:`Collection.recode`, with the collection's codec and
     ``pq_m``; a prefix shorter than dim also stores its two-byte tail norm, where the
     collection's ``tail_norms`` and metric call for it) and the collection keeps
-    the winner's codes. ``query_vectors``: float [n, dim] queries embedded by the
-    collection's base model, validated as a search's (DimensionMismatchError, DTypeError,
-    NonFiniteError); their truth is every stored vector, none left out. Raises
+    the winner's codes. ``query_vectors``: float [n, d] queries embedded by ``model`` (default,
+    as for a search: the current one), of which ``queries`` rows are sampled and validated as
+    a search's (DimensionMismatchError, DTypeError, NonFiniteError, the row named by its number
+    in ``query_vectors``); their truth is every stored vector, none left out. Raises
     InvalidArgumentError for a target outside (0, 1], too few stored vectors or a d_scan the
     collection cannot hold, EmptyCollectionError for an empty collection.
     """
@@ -147,6 +149,8 @@ def tune(
         raise InvalidArgumentError(f"k must be in 1..{MAX_K}, got {k}")
     if queries < 1:
         raise InvalidArgumentError(f"queries must be at least 1, got {queries}")
+    if model is not None and query_vectors is None:
+        raise InvalidArgumentError("model names what embedded query_vectors; none were given")
     started = time.perf_counter()
     view = coll._require_view()
     count = coll.count()
@@ -171,7 +175,7 @@ def tune(
     t0 = time.perf_counter()
     given = query_vectors is not None
     if given:
-        space_queries, truth = _given(coll, query_vectors, queries, k, seed)
+        space_queries, truth = _given(coll, query_vectors, queries, k, seed, model)
         self_ids = None
     else:
         space_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
@@ -350,17 +354,25 @@ def _held_out(
 
 
 def _given(
-    coll: Collection, vectors: Any, n: int, k: int, seed: int
+    coll: Collection, vectors: Any, n: int, k: int, seed: int, model: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``n`` rows of the caller's base-model queries (a random sample, in their order,
-    when there are more) in collection space, and their exact k nearest ids."""
+    """Up to ``n`` rows of the caller's queries embedded by ``model`` (a random sample, in
+    their order, when there are more) in collection space as the search maps them, and their
+    exact k nearest ids. Only the sampled rows are read and validated; an error names a row by
+    its number in ``vectors``."""
+    view = coll._require_view()
+    version = (view.models or coll._models).get(model)
     raw = np.asarray(vectors)  # a memory-mapped query log stays on disk but for the sample
+    rows = None
     if raw.ndim == 2 and len(raw) > n:
-        raw = raw[np.sort(np.random.default_rng(seed).choice(len(raw), n, replace=False))]
-    raw = as_vectors(raw, coll.dim, metric=coll.config.metric, what="tuning query")
+        rows = np.sort(np.random.default_rng(seed).choice(len(raw), n, replace=False))
+        raw = raw[rows]
+    raw = as_vectors(raw, version.dim, metric=coll.config.metric, what="tuning query",
+                     rows=rows)
     if len(raw) == 0:
         raise InvalidArgumentError("no tuning queries given: query_vectors has no rows")
-    queries = np.ascontiguousarray(coll._require_view().basis.apply(raw)[:, : coll.dim])
+    # the base-space image routes and scans every search, whichever model embedded it
+    queries = np.ascontiguousarray(version.base_image(raw, view.basis)[:, : coll.dim])
     return queries, _exact(coll, queries, k)
 
 
@@ -398,13 +410,25 @@ def profiles_from_json(blob: bytes | None) -> dict[float, Profile]:
     """Stored profiles by target (``meta/profiles``)."""
     if not blob:
         return {}
-    return {float(t): Profile(**p) for t, p in json.loads(blob)["profiles"].items()}
+    known = {f.name for f in fields(Profile)}
+    # keys a later version added are skipped: an older reader keeps the profile's knobs
+    return {float(t): Profile(**{key: v for key, v in p.items() if key in known})
+            for t, p in json.loads(blob)["profiles"].items()}
 
 
 def profiles_to_json(profiles: dict[float, Profile], default: float) -> bytes:
     return json.dumps(
-        {"default": default, "profiles": {str(t): asdict(p) for t, p in profiles.items()}}
+        {"default": default, "profiles": {str(t): _stored_profile(p) for t, p in profiles.items()}}
     ).encode()
+
+
+def _stored_profile(profile: Profile) -> dict[str, Any]:
+    """A profile as stored: ``source`` only when not the default, so that collections tuned
+    on their own vectors stay readable by versions before it (which refused unknown keys)."""
+    stored = asdict(profile)
+    if profile.source == "collection":
+        del stored["source"]
+    return stored
 
 
 def default_target(blob: bytes | None) -> float | None:

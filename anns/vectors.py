@@ -25,23 +25,28 @@ from anns.formats import drop_resident_pages
 MAX_ID = np.iinfo(np.int64).max
 
 
-def as_vectors(x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector") -> np.ndarray:
+def as_vectors(
+    x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector",
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """Validate ``x`` as a batch of ``dim``-dimensional vectors.
 
     A 1-D input of length ``dim`` is taken as a batch of one. Integer and float inputs are
     converted to float32; anything else (bool, complex, strings, objects) is a DTypeError. For
     ``metric="cosine"`` rows are L2-normalised (a zero row is an error: it has no direction).
+    ``rows``: the input's row numbers of ``x``'s rows (a sample of it), for the errors to name.
 
     Returns a float32 C-contiguous array of shape [n, dim] (a copy when conversion was needed).
     """
     arr = np.asarray(x)
+    whats = _plural(what)
     if arr.dtype.kind not in "fiu":
-        raise DTypeError(f"{what}s must be a float or integer array, got dtype {arr.dtype}")
+        raise DTypeError(f"{whats} must be a float or integer array, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2:
         raise DimensionMismatchError(
-            f"{what}s must be a 2-D array [n, {dim}], got shape {arr.shape}"
+            f"{whats} must be a 2-D array [n, {dim}], got shape {arr.shape}"
         )
     if arr.shape[1] != dim:
         raise DimensionMismatchError(
@@ -53,12 +58,18 @@ def as_vectors(x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector")
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
+        first = int(bad[0] if rows is None else rows[bad[0]])
         raise NonFiniteError(
-            f"{what}s hold NaN or Inf (as float32) in {bad.size} row(s), first at row {bad[0]}"
+            f"{whats} hold NaN or Inf (as float32) in {bad.size} row(s), first at row {first}"
         )
     if metric == "cosine":
-        out = normalized(out, what=what)
+        out = normalized(out, what=what, rows=rows)
     return out
+
+
+def _plural(what: str) -> str:
+    """"query" -> "queries", "vector" -> "vectors"."""
+    return what[:-1] + "ies" if what.endswith("y") else what + "s"
 
 
 def check_storable(
@@ -77,7 +88,7 @@ def check_storable(
         row, col = (int(v) for v in np.argwhere(bad)[0])
         shown = row if rows is None else int(rows[row])
         raise InvalidArgumentError(
-            f"{what}s are stored as {dtype} (integers {info.min}..{info.max}): row {shown}, "
+            f"{_plural(what)} are stored as {dtype} (integers {info.min}..{info.max}): row {shown}, "
             f"dim {col} holds {float(x[row, col])!r} in {int(bad.any(axis=1).sum())} bad row(s)"
         )
     return x.astype(dtype) if convert else x
@@ -105,13 +116,17 @@ def integer_dtype(*arrays: np.ndarray, rows: int = 4096) -> str:
     return "float32"
 
 
-def normalized(x: np.ndarray, *, what: str = "vector") -> np.ndarray:
-    """Return the rows of float32 ``x`` scaled to unit L2 norm; zero rows are an error."""
+def normalized(
+    x: np.ndarray, *, what: str = "vector", rows: np.ndarray | None = None
+) -> np.ndarray:
+    """Return the rows of float32 ``x`` scaled to unit L2 norm; zero rows are an error (named
+    by their number in ``rows`` when given, as in :func:`as_vectors`)."""
     norms = np.linalg.norm(x, axis=1)
     zero = norms == 0
     if zero.any():
+        first = int(np.flatnonzero(zero)[0])
         raise InvalidArgumentError(
-            f"{what} at row {int(np.flatnonzero(zero)[0])} has zero norm: "
+            f"{what} at row {first if rows is None else int(rows[first])} has zero norm: "
             "it has no direction under the cosine metric"
         )
     return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)

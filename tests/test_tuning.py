@@ -225,7 +225,7 @@ def test_given_queries_are_sampled_and_their_truth_is_every_stored_vector(
 ) -> None:
     base = data[0]
     given = _between(base, 60, seed=2)
-    queries, truth = _given(coll, given, 40, 10, seed=3)
+    queries, truth = _given(coll, given, 40, 10, seed=3, model=None)
     raw = coll._require_view().basis.invert(queries)
     # 40 of the 60 rows, in their order, into collection space and back
     rows = [int(np.argmin(((given - r) ** 2).sum(1))) for r in raw]
@@ -234,9 +234,9 @@ def test_given_queries_are_sampled_and_their_truth_is_every_stored_vector(
     dist = ((given[rows, None, :].astype(np.float64) - base[None]) ** 2).sum(-1)
     for row in range(40):  # ties aside, the 10 smallest distances over every stored vector
         assert (dist[row, truth[row]] <= np.sort(dist[row])[9] + 1e-4).all()
-    same, _ = _given(coll, given, 40, 10, seed=3)
+    same, _ = _given(coll, given, 40, 10, seed=3, model=None)
     np.testing.assert_array_equal(same, queries)  # the sample is the seed's
-    everything, _ = _given(coll, given, 300, 10, seed=3)
+    everything, _ = _given(coll, given, 300, 10, seed=3, model=None)
     assert len(everything) == 60
 
 
@@ -248,22 +248,52 @@ def test_tune_refuses_bad_given_queries_and_keeps_the_stored_profiles(
         c.tune(0.8, queries=80)
         before = c.profiles()
         with pytest.raises(DimensionMismatchError, match="tuning query dim 31"):
-            c.tune(0.9, query_vectors=data[1][:, :31])
+            c.tune(0.9, query_vectors=data[1][:, :31], d_scans=[8, 16])
         bad = data[1].copy()
-        bad[7, 3] = np.nan
-        with pytest.raises(NonFiniteError, match="first at row 7"):
-            c.tune(0.9, query_vectors=bad)
+        bad[97, 3] = np.nan
+        with pytest.raises(NonFiniteError, match="tuning queries hold NaN.*first at row 97"):
+            c.tune(0.9, query_vectors=bad, d_scans=[8, 16])
+        # sampled: the row is named by its number in the input, not in the sample (seed 0
+        # leaves out row 83 of the 100, so row 97 is the sample's 96th)
+        with pytest.raises(NonFiniteError, match="first at row 97"):
+            c.tune(0.9, queries=99, query_vectors=bad)
         with pytest.raises(InvalidArgumentError, match="no tuning queries"):
             c.tune(0.9, query_vectors=np.empty((0, 32), np.float32))
+        with pytest.raises(InvalidArgumentError, match="none were given"):
+            c.tune(0.9, model="default")
         assert c.profiles() == before
+        assert c._require_view().d_scan == CONFIG["d_scan"]  # no re-encoding either
 
 
-def test_profiles_stored_before_query_sources_load_as_tuned_on_the_collection() -> None:
-    profile = Profile(0.9, {"max_postings": 8}, 0.93, 1000.0, "batch", 300, 10, 16)
-    blob = json.loads(profiles_to_json({0.9: profile}, 0.9))
-    del blob["profiles"]["0.9"]["source"]  # what format 5 collections stored
+def test_given_queries_are_mapped_as_their_model_s_search_maps_them(
+    tmp_path: Path, data: Data
+) -> None:
+    base, queries = data
+    anns.build(tmp_path / "c", base, config=CONFIG)
+    rotation, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((32, 32)))
+    rotation = rotation.astype(np.float32)
+    with anns.Collection.open(tmp_path / "c") as c:
+        # the current model: the base model's space turned (same dim, so only the name tells)
+        c.add_model("turned", base[:1500], base[:1500] @ rotation, force=True)
+        assert c.models()["current"] == "turned"
+        as_current, truth = _given(c, queries @ rotation, 100, 10, seed=0, model=None)
+        as_base, base_truth = _given(c, queries, 100, 10, seed=0, model="default")
+        np.testing.assert_allclose(as_current, as_base, atol=1e-3)
+        assert (truth == base_truth).mean() > 0.98  # ties and rounding aside
+        with pytest.raises(anns.NotFoundError, match="'gone' is not registered"):
+            c.tune(0.9, query_vectors=queries, model="gone")
+
+
+def test_profiles_keep_their_query_source_and_skip_keys_they_do_not_know() -> None:
+    given = Profile(0.9, {"max_postings": 8}, 0.93, 1000.0, "batch", 300, 10, 16, "given")
+    held_out = Profile(0.8, {"max_postings": 4}, 0.83, 2000.0, "batch", 300, 10, 16)
+    blob = json.loads(profiles_to_json({0.9: given, 0.8: held_out}, 0.9))
+    # the default source is not written: versions before it refused keys they did not know
+    assert "source" not in blob["profiles"]["0.8"]
+    assert blob["profiles"]["0.9"]["source"] == "given"
+    blob["profiles"]["0.9"]["added_later"] = 1  # a later version's key
     loaded = profiles_from_json(json.dumps(blob).encode())
-    assert loaded == {0.9: profile} and loaded[0.9].source == "collection"
+    assert loaded == {0.9: given, 0.8: held_out}
 
 
 def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
