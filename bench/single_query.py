@@ -8,7 +8,7 @@
 collection built from its base (e.g. the ``adaptive`` variant of :mod:`bench.variants`:
 ``{"codec": "opq", "pq_m": 64, "d_scan": 128, "d_route": 64}``). Each engine opens the collection
 as the benchmark serves it (:mod:`bench.anns_peer`): read-only, O_DIRECT reads, the library's
-default block cache (4 MiB: cold-ish; it holds index and filter blocks and some postings), and
+default block cache (2 MiB: cold-ish; it holds index and filter blocks and some postings), and
 warms up as :func:`bench.harness.measure` does (one batch call and as many single calls on the
 first 100 queries).
 
