@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -277,6 +278,22 @@ def _cmd_search(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as JSON any reader takes: non-finite floats (an eps2 of inf: no pruning) as
+    strings ("inf"), which :class:`SearchParams` reads back, not Python's bare Infinity."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(x) for k, x in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(x) for x in obj]
+    return obj
+
+
 def _int_list(text: str | None, flag: str) -> list[int] | None:
     """``"64,128"`` -> [64, 128]; None stays None; anything else is a named usage error."""
     if text is None:
@@ -288,6 +305,9 @@ def _int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
+    if args.model is not None and args.query_vectors is None:
+        raise InvalidArgumentError("--model names the model that embedded --query-vectors; "
+                                   "give --query-vectors FILE too")
     storage = StorageConfig(read_only=args.dry_run)
     with Collection.open(args.dir, storage) as coll:
         report = coll.tune(
@@ -306,8 +326,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
               f"{point.qps:>9.0f}", file=sys.stderr)
     out = report.to_dict()
     out["stored"] = not args.dry_run
-    print(json.dumps(out["profile"] | {"stored": out["stored"], "points": len(report.curve),
-                                        "seconds": out["seconds"]}))
+    print(to_json(out["profile"] | {"stored": out["stored"], "points": len(report.curve),
+                                    "seconds": out["seconds"]}))
 
 
 def _cmd_model(args: argparse.Namespace) -> None:

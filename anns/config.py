@@ -10,6 +10,7 @@ Three scopes, three models:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -229,7 +230,8 @@ class SearchParams(_Frozen):
 
     def rerank_depth(self, k: int) -> int:
         """Number of candidates reranked exactly for a search of ``k`` neighbours."""
-        return max(k, int(-(-k * self.refine_factor // 1)))
+        # rounded first: k x 1.1 is 110.00000000000001 in floats, 110 candidates, not 111
+        return max(k, math.ceil(round(k * self.refine_factor, 9)))
 
 
 def validated(model: type[_M], **fields: Any) -> _M:

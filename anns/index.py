@@ -28,6 +28,7 @@ from anns.errors import (
     AlreadyExistsError,
     CollectionClosedError,
     CorruptCollectionError,
+    DTypeError,
     EmptyCollectionError,
     FailedPreconditionError,
     IdExistsError,
@@ -197,8 +198,20 @@ class Collection:
 
     def count(self) -> int:
         """Number of live (stored, not deleted) vectors."""
-        self._check_open()
+        with self._reading():
+            return self._count()
+
+    def _count(self) -> int:
         return int(self._storage.get_meta("count") or b"0")
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Reads of stored state that a close cannot land under: it waits for them, and those
+        that queued behind it raise CollectionClosedError (as searches do). Not nested: a
+        writer waiting between two reads would wait for the first, the second for it."""
+        with self._commit.read():
+            self._check_open()
+            yield
 
     def __len__(self) -> int:
         return self.count()
@@ -209,14 +222,17 @@ class Collection:
         ``basis``, and RocksDB's ``block_cache``, ``table_readers`` and ``memtables`` (see
         :meth:`anns.storage.Storage.memory_usage`); the process's own costs (code, thread
         stacks, allocator slack) come on top."""
-        self._check_open()
+        with self._reading():
+            return self._info()
+
+    def _info(self) -> dict[str, Any]:
         view = self._view
         summary = self._storage.get_meta("build_summary")
         return {
             "path": str(self.path),
             "format_version": self._storage.format_version,
             "config": self.config.model_dump(),
-            "count": self.count(),
+            "count": self._count(),
             "basis": view.basis.kind if view else None,
             "stage_dims": {
                 "d_route": view.d_route, "d_scan": view.d_scan, "d_rerank": view.d_rerank,
@@ -246,7 +262,7 @@ class Collection:
         self,
         queries: Any,
         k: int = 10,
-        params: SearchParams | None = None,
+        params: SearchParams | dict[str, Any] | None = None,
         *,
         return_stats: bool = False,
         model: str | None = None,
@@ -264,8 +280,9 @@ class Collection:
         self._check_open()
         k = check_k(k)
         params = self._resolve_params(params, knobs)
-        q = as_vectors(queries, self._models.get(model).dim, metric=self.config.metric,
-                       what="query")
+        asked = self._models.get(model)
+        q = as_vectors(queries, asked.dim, metric=self.config.metric, what="query",
+                       of=asked.owner)
         with self._commit.read():  # one state: the router and postings of the same write
             self._check_open()  # a close may have landed while this search waited
             view = self._view
@@ -273,8 +290,12 @@ class Collection:
                 raise EmptyCollectionError(
                     f"collection at {self.path} is empty: nothing to search"
                 )
-            # the version as of this view (a rebase moves its map with the routing)
+            # the version as of this view (a rebase moves its map with the routing); a model
+            # change that landed since the queries were checked is checked against again
             version = (view.models or self._models).get(model)
+            if version.dim != asked.dim:
+                q = as_vectors(queries, version.dim, metric=self.config.metric, what="query",
+                               of=version.owner)
             ids, distances, stats = search(view, q, k, params, version)
         return SearchResult(ids, distances, stats if return_stats else None)
 
@@ -297,10 +318,18 @@ class Collection:
         view = self._require_view()
         return view.basis.invert(queries) if view.raw_vectors else queries
 
-    def _resolve_params(self, params: SearchParams | None, knobs: dict[str, Any]) -> SearchParams:
+    def _resolve_params(
+        self, params: SearchParams | dict[str, Any] | None, knobs: dict[str, Any]
+    ) -> SearchParams:
         """The knobs of one search. A SearchParams given is used as is; without one, the
         collection's default profile (if tuned) is the base. Keyword knobs override either.
-        ``target_recall`` (in either) swaps the base for that target's profile."""
+        ``target_recall`` (in either) swaps the base for that target's profile. A dict is
+        read as SearchParams' fields."""
+        if isinstance(params, dict):
+            params = validated(SearchParams, **params)
+        elif params is not None and not isinstance(params, SearchParams):
+            raise DTypeError(f"params must be SearchParams (or a dict of its fields), got "
+                             f"{type(params).__name__}")
         if params is not None:
             explicit = params.model_dump(exclude_unset=True)
             base = params.model_dump(exclude={"target_recall"})
@@ -333,10 +362,10 @@ class Collection:
 
     def tune(self, recall: float, **options: Any) -> TuneReport:
         """Measure and store the fastest search knobs reaching ``recall``@k on held-out
-        queries sampled from this collection, or on ``query_vectors`` (base-model queries,
-        e.g. a sample of real traffic); they become its default profile. See
-        :func:`anns.tuning.tune` for the options (queries, k, objective, seed, store,
-        d_scans, query_vectors)."""
+        queries sampled from this collection, or on ``query_vectors`` (e.g. a sample of real
+        traffic, embedded by ``model``: by default the current one); they become its default
+        profile. See :func:`anns.tuning.tune` for the options (queries, k, objective, seed,
+        store, d_scans, query_vectors, model)."""
         self._check_open()
         if options.get("store", True):
             self._check_writable()
@@ -418,14 +447,17 @@ class Collection:
                                    "d_rerank": new_view.d_rerank},
                     "codec": config.codec, "code_size": new_codec.code_size}
 
-    def _store_profile(self, profile: Profile) -> None:
+    def _store_profiles(self, profiles: dict[float, Profile], default: float | None) -> None:
+        """Replace the stored profiles (and the default target) with ``profiles``."""
         with self._lock:
             self._check_open()
-            profiles = {**self._profiles, profile.target_recall: profile}
             batch = self._storage.batch()
-            batch.put_meta("profiles", profiles_to_json(profiles, profile.target_recall))
+            if profiles:
+                batch.put_meta("profiles", profiles_to_json(profiles, default))
+            else:
+                batch.delete_meta("profiles")
             self._storage.write(batch)
-            self._profiles, self._default_profile = profiles, profile.target_recall
+            self._profiles, self._default_profile = dict(profiles), default
 
     def _stored(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of validated ids, in the collection basis; NotFoundError names
@@ -454,11 +486,12 @@ class Collection:
         collections return the normalised vectors). An integer ``vector_dtype`` stores them
         as given: they come back exactly. A vector stored under another model version comes
         back as its image in the base model's space (see :mod:`anns.models`)."""
-        self._check_open()
-        rows, versions = self._decoded(as_ids(ids))
-        if not len(rows):
+        wanted = as_ids(ids)
+        with self._reading():
+            rows, versions = self._decoded(wanted)
+            view = self._view
+        if not len(rows) or view is None:
             return rows
-        view = self._require_view()
         mapped = versions != 0 if view.raw_vectors else np.ones(len(rows), dtype=bool)
         # back from the collection basis: the vector as given, up to float32 rounding of
         # the rotation (exact for an identity basis)
@@ -470,8 +503,10 @@ class Collection:
 
     def contains(self, ids: Any) -> np.ndarray:
         """bool [n]: which ids are stored (and not deleted)."""
-        self._check_open()
-        return np.array([b is not None for b in self._storage.get_vectors(as_ids(ids))], bool)
+        wanted = as_ids(ids)
+        with self._reading():
+            blobs = self._storage.get_vectors(wanted)
+        return np.fromiter((b is not None for b in blobs), dtype=bool, count=len(blobs))
 
     # ---------------------------------------------------------------------------- writes
     def add(self, vectors: Any, ids: Any = None, *, model: str | None = None) -> np.ndarray:
@@ -515,7 +550,7 @@ class Collection:
             tomb = encode_record(np.empty(0, np.int64), TOMBSTONE)
             batch.put_records(gone, [tomb] * len(gone))
             batch.delete_vectors(gone)
-            batch.put_meta("count", str(self.count() - len(gone)).encode())
+            batch.put_meta("count", str(self._count() - len(gone)).encode())
             self._put_counts(batch, old_versions[live], None, 0)
             with self._commit.write():
                 self._storage.write(batch)
@@ -563,7 +598,8 @@ class Collection:
                 raise LimitExceededError(f"a collection holds at most {MAX_MODEL_VERSIONS} "
                                          f"model versions over its life")
             ref = self._models.get(against)
-            old = as_vectors(old_pairs, ref.dim, metric=self.config.metric, what="old pairs")
+            old = as_vectors(old_pairs, ref.dim, metric=self.config.metric, what="old pairs",
+                             of=ref.owner)
             new = np.asarray(new_pairs)
             if new.ndim != 2 or len(new) != len(old):
                 raise InvalidArgumentError(
@@ -712,7 +748,7 @@ class Collection:
     def _model_counts(self) -> dict[str, int]:
         blob = self._storage.get_meta("model_counts")
         if blob is None:  # formats 1-2, or nothing registered yet: all the base model's
-            return {BASE: self.count()}
+            return {BASE: self._count()}
         counts: dict[str, int] = json.loads(blob)
         return counts
 
@@ -736,7 +772,7 @@ class Collection:
         """The write path; ``meta`` entries go into the same atomic batch (checkpoints)."""
         self._check_writable()
         version = self._models.get(model)
-        x = as_vectors(vectors, version.dim, metric=self.config.metric)
+        x = as_vectors(vectors, version.dim, metric=self.config.metric, of=version.owner)
         with self._lock:
             self._check_open()
             # what the vectors family holds: the base model's vectors as given for an integer
@@ -779,7 +815,7 @@ class Collection:
                 batch.put_posting(pid, encode_posting(p_ids, p_codes))
             batch.put_vectors(ids, x if as_given.dtype == np.float32 else as_given, version.index)
             batch.put_records(ids, encode_records(rep, version=version.index))
-            batch.put_meta("count", str(self.count() + len(ids) - len(replaced)).encode())
+            batch.put_meta("count", str(self._count() + len(ids) - len(replaced)).encode())
             self._put_counts(batch, old_versions[live], version, len(ids))
             for name, value in (meta or {}).items():
                 batch.put_meta(name, value)

@@ -67,6 +67,11 @@ class ModelVersion:
     def is_base(self) -> bool:
         return self.transform is None
 
+    @property
+    def owner(self) -> str:
+        """Whose dim this version's is, as errors name it: the collection's for the base."""
+        return "collection" if self.transform is None else f"model {self.name!r}"
+
     def width(self, base_dim: int) -> int:
         """Floats of one stored vector of this version."""
         return base_dim if self.transform is None else self.transform.dim

@@ -3,6 +3,11 @@ RAM index over centroids that every query and insert goes through.
 
 All distances in the replication and pruning rules are true Euclidean distances (square roots
 of faiss's squared L2), as in SPANN: ``(1 + eps) * dist`` means the same thing at any scale.
+Inner-product collections are clustered the same way, but a query picks its postings by inner
+product with the centroids (the largest first), not by distance: the vectors of the largest
+inner product have large norms and sit far from the query. Their pruning rule reads the
+distance of the usual reduction of inner product to L2 (centroids ``[c, sqrt(M^2 - |c|^2)]``
+for ``M`` the largest centroid norm, queries ``[q, 0]``), which orders centroids the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import threading
 import faiss
 import numpy as np
 
-from anns.config import CentroidIndexKind
+from anns.config import CentroidIndexKind, Metric
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +180,8 @@ class Router:
         # the centroids live once, in the faiss index; this is a read-only view of them
         # (a Router never changes after construction, so the view stays valid)
         self.centroids = _stored_vectors(self.index, len(centroids), centroids.shape[1])
-        self._prefix_indexes: dict[int, faiss.Index] = {}
+        self._prefix_indexes: dict[tuple[bool, int], faiss.Index] = {}
+        self._max_norms: dict[int, float] = {}
         self._prefix_lock = threading.Lock()
 
     @property
@@ -225,30 +231,50 @@ class Router:
             centroids = np.concatenate([centroids, added.astype(np.float32)])
         return Router(centroids, self.kind, self.hnsw_threshold)
 
-    def _index_for(self, dims: int) -> faiss.Index:
-        """The index over the centroids' first ``dims`` dims: the stored one for all of them;
-        for a prefix (a search routing on fewer dims) an exact flat index over it, built once
-        and kept (it costs ``size * dims * 4`` bytes; at most PREFIX_INDEXES are kept)."""
-        if dims == self.dim:
+    def _index_for(self, dims: int, inner_product: bool = False) -> faiss.Index:
+        """The index over the centroids' first ``dims`` dims: the stored one for all of them
+        (by distance); else, for a prefix (a search routing on fewer dims) or by inner
+        product, an exact flat index, built once and kept (it costs ``size * dims * 4`` bytes;
+        at most PREFIX_INDEXES are kept)."""
+        if dims == self.dim and not inner_product:
             return self.index
         with self._prefix_lock:
-            index = self._prefix_indexes.get(dims)
+            index = self._prefix_indexes.get((inner_product, dims))
             if index is None:
                 if len(self._prefix_indexes) >= PREFIX_INDEXES:
                     self._prefix_indexes.pop(next(iter(self._prefix_indexes)))
-                index = faiss.IndexFlatL2(dims)
+                index = faiss.IndexFlatIP(dims) if inner_product else faiss.IndexFlatL2(dims)
                 index.add(np.ascontiguousarray(self.centroids[:, :dims]))
-                self._prefix_indexes[dims] = index
+                self._prefix_indexes[(inner_product, dims)] = index
             return index
 
-    def nearest(self, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    def _max_norm(self, dims: int) -> float:
+        """The largest norm of the centroids' first ``dims`` dims."""
+        with self._prefix_lock:
+            if dims not in self._max_norms:
+                norms = np.linalg.norm(self.centroids[:, :dims], axis=1)
+                self._max_norms[dims] = float(norms.max()) if len(norms) else 0.0
+            return self._max_norms[dims]
+
+    def nearest(
+        self, x: np.ndarray, m: int, metric: Metric = "l2"
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``m`` nearest centroids of each row: (Euclidean distances [n, m], ids [n, m]).
         ``x`` may have fewer dims than the centroids: it is then matched against their prefix.
+        For ``metric="ip"`` the centroids of the largest inner product, with the distances
+        of the inner product's reduction to L2 (see the module's docstring).
 
         ids are -1 (distance inf) where fewer than m centroids exist.
         """
         m_eff = min(m, self.size)
-        sq, ids = self._index_for(x.shape[1]).search(x, m_eff)
+        dims = x.shape[1]
+        if metric == "ip":
+            scores, ids = self._index_for(dims, inner_product=True).search(x, m_eff)
+            # |[q, 0] - [c, sqrt(M^2 - |c|^2)]|^2 = |q|^2 + M^2 - 2 q.c
+            sq = np.einsum("nd,nd->n", x, x)[:, None] + self._max_norm(dims) ** 2 - 2 * scores
+            sq = np.where(ids >= 0, sq, np.inf).astype(np.float32)
+        else:
+            sq, ids = self._index_for(dims).search(x, m_eff)
         dist = np.sqrt(np.maximum(sq, 0, out=sq))
         if m_eff < m:
             pad = m - m_eff
@@ -257,23 +283,24 @@ class Router:
         return dist, ids
 
     def probe(
-        self, queries: np.ndarray, max_postings: int, eps2: float
+        self, queries: np.ndarray, max_postings: int, eps2: float, metric: Metric = "l2"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Postings to read per query, with query-aware dynamic pruning.
 
         Returns (ids int64 [q, m], distances float32 [q, m]) for the ``max_postings`` nearest
         centroids (m <= max_postings: columns no query keeps are dropped), ids set to -1 where
         dist(q, c_j) > (1 + eps2) * dist(q, c_1) (pruned); when dist(q, c_1) is 0 the nearest
-        positive distance stands in for it.
+        positive distance stands in for it. ``metric="ip"``: nearest as :meth:`nearest` reads
+        it, by inner product.
         """
-        dist, ids = self.nearest(queries, min(max_postings, self.size))
+        dist, ids = self.nearest(queries, min(max_postings, self.size), metric)
         # the ratio rule is relative to the nearest centroid; a query sitting exactly on one
         # (distance 0) measures against the nearest centroid at a positive distance instead
         positive = np.where(dist > 0, dist, np.inf).min(axis=1, keepdims=True)
         reference = np.where(dist[:, :1] > 0, dist[:, :1], positive)
         keep = (dist <= (1.0 + eps2) * reference) & (ids >= 0)
         # pruned entries sit at the end of each row: drop columns no query kept
-        width = max(1, int(keep.sum(axis=1).max()))
+        width = max(1, int(keep.sum(axis=1).max(initial=0)))
         ids = np.where(keep, ids, -1)[:, :width]
         return ids, dist[:, :width]
 

@@ -241,7 +241,8 @@ def _search(
         queries = view.basis.apply(queries)
     else:
         queries = model.base_image(queries, view.basis)
-    pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2)
+    pids, _ = view.router.probe(prefix(queries, d_route), params.max_postings, params.eps2,
+                                view.metric)
     route = time.perf_counter() - t0
     budget = max(1, int(params.fetch_budget_mb * (1 << 20) / view.posting_bytes))
     if pids.size <= budget:  # one chunk, the queries in their own order: nothing to put back
@@ -418,10 +419,13 @@ def _scan(
     assign: np.ndarray, entries: np.ndarray, depth: int,
 ) -> np.ndarray:
     """The first ``depth`` distinct candidates of each query, in the codec's order, from the
-    lists assigned to it; -1 padding. ``entries``: int64 [q], codes in each query's lists."""
+    lists assigned to it; -1 padding, in rows no wider than the most codes a query's lists
+    hold. ``entries``: int64 [q], codes in each query's lists."""
+    # no query can get more candidates than its lists hold: size neither the heaps nor the
+    # rows beyond that (a deep rerank of a small collection would allocate [q, depth])
+    depth = max(1, min(depth, int(entries.max(initial=0))))
     copies = max(1, min(view.replica_cap, assign.shape[1]))
     pool = min(copies, SCAN_COPIES)
-    # no query can get more candidates than its lists hold: do not size heaps beyond that
     scan_k = max(1, min(depth * pool, int(entries.max(initial=0))))
     _, cand = view.codec.scan(queries, lists, assign, scan_k)
     cand = _first_unique(cand, depth)
@@ -541,19 +545,34 @@ def _rerank(
     return top_ids, top_dist, nbytes, alive.sum(1).astype(np.int64), per_query
 
 
+def exhaustive_scores(
+    view: ReadView, queries: np.ndarray, raw: np.ndarray | None, model: ModelVersion | None,
+    vectors: np.ndarray, versions: np.ndarray,
+) -> np.ndarray:
+    """Every query's score [q, n] against every one of ``vectors`` (decoded full width and
+    in the collection space, :meth:`ReadView.stored`), on all dims, as the rerank scores a
+    candidate: brute-force truth for a collection holding several model versions.
+    ``queries``: the base-space images; ``raw``: the queries as ``model`` embedded them (for
+    its own vectors), None for the base model."""
+    assert view.models is not None
+    full = None if model is None or model.is_base or raw is None else _full_query(model, raw, view)
+    return _versioned_scores(view, queries, vectors, versions, None, view.dim, full, model)
+
+
 def _versioned_scores(
     view: ReadView, queries: np.ndarray, vectors: np.ndarray, versions: np.ndarray,
-    slot: np.ndarray, d_rerank: int, full: np.ndarray | None, model: ModelVersion | None,
+    slot: np.ndarray | None, d_rerank: int, full: np.ndarray | None,
+    model: ModelVersion | None,
 ) -> np.ndarray:
     """Scores of a collection holding several model versions (see :mod:`anns.models`):
     base-space images on ``min(d_rerank, dim)`` dims for every candidate, calibrated where the
     candidate's version is not the query's; all dims of the query's own version where it
-    is."""
+    is. ``slot`` as for :func:`_exact_scores`."""
     assert view.models is not None
     d = min(d_rerank, view.dim)
     scores = _exact_scores(view.metric, queries[:, :d], vectors[:, :d], slot)
     own = 0 if model is None else model.index
-    cand_version = versions[slot]
+    cand_version = versions[slot] if slot is not None else np.broadcast_to(versions, scores.shape)
     by_index = view.models.by_index()
     query_model = by_index.get(own)
     for index in np.unique(cand_version).tolist():
@@ -581,14 +600,24 @@ def _versioned_scores(
 
 
 def _exact_scores(
-    metric: Metric, queries: np.ndarray, vectors: np.ndarray, slot: np.ndarray
+    metric: Metric, queries: np.ndarray, vectors: np.ndarray, slot: np.ndarray | None
 ) -> np.ndarray:
-    """Exact distance (l2) or similarity (ip, cosine) of query i to vectors[slot[i, j]].
+    """Exact distance (l2) or similarity (ip, cosine) of query i to vectors[slot[i, j]], or
+    to vectors[j] for every query when ``slot`` is None.
 
     Gathers [rows, r, d] blocks of bounded size (~8 MiB as float32) rather than the whole
     chunk at once; integer vectors are gathered as stored, a quarter of the bytes to move,
-    and converted block by block.
+    and converted block by block. Without ``slot`` it is one matrix product (l2 in the
+    expanded form, as faiss's brute force computes it).
     """
+    if slot is None:
+        vectors = vectors.astype(np.float32, copy=False)
+        products = queries @ vectors.T
+        if metric != "l2":
+            return products
+        sq_q = np.einsum("qd,qd->q", queries, queries)[:, None]
+        sq_v = np.einsum("nd,nd->n", vectors, vectors)[None, :]
+        return np.maximum(sq_q + sq_v - 2 * products, 0.0).astype(np.float32, copy=False)
     q, r = slot.shape
     out = np.empty((q, r), dtype=np.float32)
     step = max(1, (8 << 20) // max(1, r * vectors.shape[1] * 4))

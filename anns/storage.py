@@ -95,11 +95,11 @@ def posting_keys(pids: np.ndarray) -> list[bytes]:
 
 
 def _decode_vectors(
-    keys: list[bytes], values: list[bytes], dim: int, dtype: str
+    keys: list[bytes], values: list[bytes], dim: int, dtype: str, full_width: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ids = np.frombuffer(b"".join(keys), dtype=">i8").astype(np.int64)
     rows, versions = decode_vectors(values, dim, dtype)
-    return ids, np.ascontiguousarray(rows[:, :dim]), versions
+    return ids, rows if full_width else np.ascontiguousarray(rows[:, :dim]), versions
 
 
 def decode_vectors(
@@ -497,21 +497,22 @@ class Storage:
             return self._pool
 
     def iter_vectors(
-        self, dim: int, dtype: str = "float32", chunk: int = 4096
+        self, dim: int, dtype: str = "float32", chunk: int = 4096, *, full_width: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Every stored vector in id order, in chunks: (ids int64 [m], float32 [m, dim], model
         version index int64 [m]), the first ``dim`` floats as :func:`decode_vectors` gives
-        them (raw base vectors of an integer ``dtype``)."""
+        them (raw base vectors of an integer ``dtype``); with ``full_width``, every version's
+        whole stored form, zero-padded to the chunk's widest."""
         keys: list[bytes] = []
         values: list[bytes] = []
         for key, value in self._cfs[VECTORS].items():
             keys.append(bytes(key))
             values.append(bytes(value))
             if len(keys) == chunk:
-                yield _decode_vectors(keys, values, dim, dtype)
+                yield _decode_vectors(keys, values, dim, dtype, full_width)
                 keys, values = [], []
         if keys:
-            yield _decode_vectors(keys, values, dim, dtype)
+            yield _decode_vectors(keys, values, dim, dtype, full_width)
 
     def vector_ids(self) -> np.ndarray:
         """Ids of every stored vector, ascending (reads keys only)."""

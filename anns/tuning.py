@@ -41,12 +41,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import faiss
 import numpy as np
 
-from anns.config import MAX_K, SearchParams, validated
+from anns.config import SearchParams, validated
 from anns.errors import EmptyCollectionError, InvalidArgumentError
-from anns.vectors import as_vectors
+from anns.search import exhaustive_scores
+from anns.vectors import as_vectors, check_k
 
 if TYPE_CHECKING:
     from anns.index import Collection
+    from anns.models import ModelVersion
 
 Objective = Literal["batch", "single"]
 QuerySource = Literal["collection", "given"]
@@ -135,20 +137,30 @@ def tune(
     becomes its default. ``d_scans``: scan prefixes to try as well; each is measured on
     postings re-encoded for it (:meth:`Collection.recode`, with the collection's codec and
     ``pq_m``; a prefix shorter than dim also stores its two-byte tail norm, where the
-    collection's ``tail_norms`` and metric call for it) and the collection keeps
-    the winner's codes. ``query_vectors``: float [n, d] queries embedded by ``model`` (default,
-    as for a search: the current one), of which ``queries`` rows are sampled and validated as
-    a search's (DimensionMismatchError, DTypeError, NonFiniteError, the row named by its number
-    in ``query_vectors``); their truth is every stored vector, none left out. Raises
-    InvalidArgumentError for a target outside (0, 1], too few stored vectors or a d_scan the
-    collection cannot hold, EmptyCollectionError for an empty collection.
+    collection's ``tail_norms`` and metric call for it) and the collection keeps the winner's
+    codes. Profiles of other targets are kept when the winner's d_scan is the one they were
+    measured at, dropped else (as by a recode); when no setting passes, the postings are
+    re-encoded at the d_scan they had and the stored profiles stay as they were.
+
+    ``query_vectors``: float [n, d] queries embedded by ``model`` (default, as for a search:
+    the current one), of which ``queries`` rows are sampled and validated as a search's
+    (DimensionMismatchError, DTypeError, NonFiniteError, the row named by its number in
+    ``query_vectors``). They are searched as ``Collection.search(..., model=model)`` searches
+    them, and their truth is every stored vector scored as its rerank scores it (with model
+    versions: on all of their own version's dims, calibrated across versions).
+
+    Raises InvalidArgumentError for a target outside (0, 1], a k or query count out of range,
+    too few stored vectors or a d_scan the collection cannot hold, EmptyCollectionError for an
+    empty collection, NotFoundError for an unknown model.
     """
+    if isinstance(recall, bool) or not isinstance(recall, int | float):
+        raise InvalidArgumentError(f"target recall must be a number, got {recall!r}")
     if not 0.0 < recall <= 1.0:
         raise InvalidArgumentError(f"target recall must be in (0, 1], got {recall}")
-    if not 1 <= k <= MAX_K:
-        raise InvalidArgumentError(f"k must be in 1..{MAX_K}, got {k}")
-    if queries < 1:
-        raise InvalidArgumentError(f"queries must be at least 1, got {queries}")
+    k = check_k(k)
+    if isinstance(queries, bool) or not isinstance(queries, int | np.integer) or queries < 1:
+        raise InvalidArgumentError(f"queries must be a whole number of at least 1, got "
+                                   f"{queries!r}")
     if model is not None and query_vectors is None:
         raise InvalidArgumentError("model names what embedded query_vectors; none were given")
     started = time.perf_counter()
@@ -175,60 +187,73 @@ def tune(
     t0 = time.perf_counter()
     given = query_vectors is not None
     if given:
-        space_queries, truth = _given(coll, query_vectors, queries, k, seed, model)
-        self_ids = None
+        raw, version, truth = _given(coll, query_vectors, queries, k, seed, model)
+        n_queries, self_ids = len(raw), None
+
+        def run(rows: slice, params: SearchParams) -> np.ndarray:
+            return coll.search(raw[rows], k, params, model=version.name).ids
     else:
-        space_queries, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
-    space_queries = coll._space_queries(space_queries)
-    # a held-out query finds itself too: ask for one more and drop it
-    asked = k + (self_ids is not None)
+        space, self_ids, truth = _held_out(coll, min(queries, count), k, seed)
+        space, n_queries = coll._space_queries(space), len(space)
+
+        def run(rows: slice, params: SearchParams) -> np.ndarray:
+            # a held-out query finds itself too: ask for one more, dropped below
+            return coll._search_space(space[rows], k + 1, params).ids
     truth_seconds = time.perf_counter() - t0
 
     def measure(params: SearchParams, timing: Objective = "batch", repeats: int = 1) -> TunePoint:
         """Recall of ``params`` on the tuning queries and their QPS (best of ``repeats``)."""
-        best, found = math.inf, np.empty((0, asked), np.int64)
+        best, found = math.inf, None
         for _ in range(repeats):
             t = time.perf_counter()
             if timing == "batch":
-                found = coll._search_space(space_queries, asked, params).ids
-                n = len(space_queries)
+                found, n = run(slice(None), params), n_queries
             else:  # latency: one query per call, on up to SINGLE_QUERIES of them
-                n = min(len(space_queries), SINGLE_QUERIES)
+                n = min(n_queries, SINGLE_QUERIES)
                 for i in range(n):
-                    coll._search_space(space_queries[i : i + 1], asked, params)
+                    run(slice(i, i + 1), params)
             best = min(best, time.perf_counter() - t)
-        if timing != "batch":
-            found = coll._search_space(space_queries, asked, params).ids  # same results
+        if found is None:
+            found = run(slice(None), params)  # the same results, for the recall
         got = found if self_ids is None else _drop_self(found, self_ids, k)
         mean = _recall(got, truth)
         lower = mean - math.sqrt(max(mean * (1 - mean), 0.0) / truth.size)
         return TunePoint(_knobs(params), round(mean, 5), round(lower, 5), round(n / best, 1),
                          coll._require_view().d_scan)
 
+    # what the stored profiles were measured on, to keep them with it
+    kept, kept_default, original = dict(coll._profiles), coll._default_profile, view.d_scan
     curve: list[TunePoint] = []
     best: tuple[TunePoint, int] | None = None
-    for d_scan in d_scans or [view.d_scan]:
-        if d_scan != coll._require_view().d_scan:
-            coll.recode(d_scan=d_scan)
-        point = _explore(coll, measure, recall, objective, curve)
-        if point is not None and (best is None or point.qps > best[0].qps):
-            best = (point, d_scan)
-    if best is None:
-        best_seen = max(curve, key=lambda p: p.recall)
-        raise InvalidArgumentError(
-            f"no setting reaches recall@{k} {recall} on this collection: the best measured is "
-            f"{best_seen.recall:.4f} at {best_seen.params}"
-        )
+    try:
+        for d_scan in d_scans or [original]:
+            if d_scan != coll._require_view().d_scan:
+                coll.recode(d_scan=d_scan)
+            point = _explore(coll, measure, recall, objective, curve)
+            if point is not None and (best is None or point.qps > best[0].qps):
+                best = (point, d_scan)
+        if best is None:
+            best_seen = max(curve, key=lambda p: p.recall)
+            raise InvalidArgumentError(
+                f"no setting reaches recall@{k} {recall} on this collection: the best measured "
+                f"is {best_seen.recall:.4f} at {best_seen.params}"
+            )
+    except Exception:
+        if coll._require_view().d_scan != original:  # the codes it had, and their profiles
+            coll.recode(d_scan=original)
+            coll._store_profiles(kept, kept_default)
+        raise
     winner, d_scan = best
     if d_scan != coll._require_view().d_scan:
         coll.recode(d_scan=d_scan)
     profile = Profile(
         target_recall=recall, params=winner.params, recall=winner.recall, qps=winner.qps,
-        objective=objective, queries=len(space_queries), k=k, d_scan=d_scan,
+        objective=objective, queries=n_queries, k=k, d_scan=d_scan,
         source="given" if given else "collection",
     )
     if store:
-        coll._store_profile(profile)
+        others = kept if d_scan == original else {}
+        coll._store_profiles({**others, recall: profile}, recall)
     return TuneReport(profile, curve, truth_seconds, time.perf_counter() - started)
 
 
@@ -355,39 +380,55 @@ def _held_out(
 
 def _given(
     coll: Collection, vectors: Any, n: int, k: int, seed: int, model: str | None
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, ModelVersion, np.ndarray]:
     """Up to ``n`` rows of the caller's queries embedded by ``model`` (a random sample, in
-    their order, when there are more) in collection space as the search maps them, and their
-    exact k nearest ids. Only the sampled rows are read and validated; an error names a row by
-    its number in ``vectors``."""
+    their order, when there are more), validated as a search validates them; that model's
+    version; and their exact k nearest ids. Only the sampled rows are read and validated; an
+    error names a row by its number in ``vectors``."""
     view = coll._require_view()
     version = (view.models or coll._models).get(model)
     raw = np.asarray(vectors)  # a memory-mapped query log stays on disk but for the sample
+    if raw.size == 0:
+        raise InvalidArgumentError("no tuning queries given: query_vectors has no rows")
     rows = None
     if raw.ndim == 2 and len(raw) > n:
         rows = np.sort(np.random.default_rng(seed).choice(len(raw), n, replace=False))
         raw = raw[rows]
     raw = as_vectors(raw, version.dim, metric=coll.config.metric, what="tuning query",
-                     rows=rows)
-    if len(raw) == 0:
-        raise InvalidArgumentError("no tuning queries given: query_vectors has no rows")
+                     rows=rows, of=version.owner)
     # the base-space image routes and scans every search, whichever model embedded it
     queries = np.ascontiguousarray(version.base_image(raw, view.basis)[:, : coll.dim])
-    return queries, _exact(coll, queries, k)
+    return raw, version, _exact(coll, queries, k, raw, version)
 
 
-def _exact(coll: Collection, queries: np.ndarray, k: int) -> np.ndarray:
-    """Ids of the exact ``k`` nearest stored vectors of collection-space queries, by brute
-    force in the collection basis (where distances equal the raw ones); -1 padding."""
+def _exact(
+    coll: Collection, queries: np.ndarray, k: int, raw: np.ndarray | None = None,
+    model: ModelVersion | None = None,
+) -> np.ndarray:
+    """Ids of the exact ``k`` nearest stored vectors of collection-space queries (the
+    base-space images of ``raw``, as ``model`` embedded them), by brute force in the
+    collection basis (where distances equal the raw ones); -1 padding. With model versions
+    every vector is scored as the rerank scores it (:func:`anns.search.exhaustive_scores`)."""
     storage, dim, metric = coll._storage, coll.dim, coll.config.metric
     heap = faiss.ResultHeap(len(queries), k, keep_max=metric != "l2")
     faiss_metric = faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
     view = coll._require_view()
+    versioned = view.models is not None and view.models.mixed
     chunk = max(1, (32 << 20) // (4 * dim))
-    for chunk_ids, vectors, versions in storage.iter_vectors(dim, view.vector_dtype, chunk):
+    for chunk_ids, vectors, versions in storage.iter_vectors(
+        dim, view.vector_dtype, chunk, full_width=versioned
+    ):
         vectors = view.stored(vectors, versions)
-        d, i = faiss.knn(queries, vectors, min(k, len(vectors)), faiss_metric)
-        heap.add_result(d, np.where(i >= 0, chunk_ids[np.maximum(i, 0)], -1))
+        n = min(k, len(vectors))
+        if versioned:
+            scores = exhaustive_scores(view, queries, raw, model, vectors, versions)
+            order = np.argpartition(scores if metric == "l2" else -scores, n - 1, axis=1)
+            i = order[:, :n]
+            d = np.take_along_axis(scores, i, axis=1)
+        else:
+            d, i = faiss.knn(queries, vectors, n, faiss_metric)
+        heap.add_result(np.ascontiguousarray(d, dtype=np.float32),
+                        np.where(i >= 0, chunk_ids[np.maximum(i, 0)], -1))
     heap.finalize()
     return heap.I
 
@@ -410,24 +451,28 @@ def profiles_from_json(blob: bytes | None) -> dict[float, Profile]:
     """Stored profiles by target (``meta/profiles``)."""
     if not blob:
         return {}
+    stored = json.loads(blob)
+    sources = stored.get("sources", {})
     known = {f.name for f in fields(Profile)}
     # keys a later version added are skipped: an older reader keeps the profile's knobs
-    return {float(t): Profile(**{key: v for key, v in p.items() if key in known})
-            for t, p in json.loads(blob)["profiles"].items()}
+    return {float(t): Profile(**{key: v for key, v in p.items() if key in known},
+                              source=sources.get(t, "collection"))
+            for t, p in stored["profiles"].items()}
 
 
-def profiles_to_json(profiles: dict[float, Profile], default: float) -> bytes:
-    return json.dumps(
-        {"default": default, "profiles": {str(t): _stored_profile(p) for t, p in profiles.items()}}
-    ).encode()
+def profiles_to_json(profiles: dict[float, Profile], default: float | None) -> bytes:
+    """``meta/profiles``. Each profile's ``source`` is kept beside the profiles, not in them:
+    versions before it refused a profile with a key they did not know."""
+    return json.dumps({
+        "default": default,
+        "profiles": {str(t): _without_source(p) for t, p in profiles.items()},
+        "sources": {str(t): p.source for t, p in profiles.items() if p.source != "collection"},
+    }).encode()
 
 
-def _stored_profile(profile: Profile) -> dict[str, Any]:
-    """A profile as stored: ``source`` only when not the default, so that collections tuned
-    on their own vectors stay readable by versions before it (which refused unknown keys)."""
+def _without_source(profile: Profile) -> dict[str, Any]:
     stored = asdict(profile)
-    if profile.source == "collection":
-        del stored["source"]
+    del stored["source"]
     return stored
 
 

@@ -27,14 +27,15 @@ MAX_ID = np.iinfo(np.int64).max
 
 def as_vectors(
     x: Any, dim: int, *, metric: Metric = "l2", what: str = "vector",
-    rows: np.ndarray | None = None,
+    rows: np.ndarray | None = None, of: str = "collection",
 ) -> np.ndarray:
     """Validate ``x`` as a batch of ``dim``-dimensional vectors.
 
     A 1-D input of length ``dim`` is taken as a batch of one. Integer and float inputs are
     converted to float32; anything else (bool, complex, strings, objects) is a DTypeError. For
     ``metric="cosine"`` rows are L2-normalised (a zero row is an error: it has no direction).
-    ``rows``: the input's row numbers of ``x``'s rows (a sample of it), for the errors to name.
+    ``rows``: the input's row numbers of ``x``'s rows (a sample of it), for the errors to name;
+    ``of``: whose dim ``dim`` is, for them too (e.g. ``"model 'v2'"``).
 
     Returns a float32 C-contiguous array of shape [n, dim] (a copy when conversion was needed).
     """
@@ -50,7 +51,7 @@ def as_vectors(
         )
     if arr.shape[1] != dim:
         raise DimensionMismatchError(
-            f"{what} dim {arr.shape[1]} does not match collection dim {dim}"
+            f"{what} dim {arr.shape[1]} does not match {of} dim {dim}"
         )
     with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, reported below
         out = np.ascontiguousarray(arr, dtype=np.float32)
@@ -68,7 +69,9 @@ def as_vectors(
 
 
 def _plural(what: str) -> str:
-    """"query" -> "queries", "vector" -> "vectors"."""
+    """"query" -> "queries", "vector" -> "vectors", "old pairs" as it is."""
+    if what.endswith("s"):
+        return what
     return what[:-1] + "ies" if what.endswith("y") else what + "s"
 
 

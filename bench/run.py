@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from anns.cli import to_json
 from bench import anns_peer, disk, faiss_peers, harness, targets
 from bench.targets import best_at, pareto
 from bench.variants import AnnsVariant, adaptive_variants, tuned_sweep
@@ -135,7 +136,7 @@ def run_bench(
         row["dataset"] = name
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_finite(rows), indent=1) + "\n")
+    out.write_text(to_json(rows, indent=1) + "\n")
     png = out.with_suffix(".png")
     title = f"{name} (n={n}, d={d}, {len(ds.queries)} queries, {threads} threads)"
     measured = [r for r in rows if r["system"] != disk.SYSTEM]
@@ -149,18 +150,6 @@ def run_bench(
     sys.stderr.write(f"wall time: {time.perf_counter() - started:.0f}s ({times})\n")
     sys.stderr.write(f"rows: {out}\n" + (f"plot: {png}\n" if plotted else ""))
     return rows
-
-
-def _finite(obj: Any) -> Any:
-    """``obj`` with non-finite floats as strings ("inf"): eps2 may be infinite, and JSON
-    readers other than Python's reject Infinity."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(x) for k, x in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(x) for x in obj]
-    return obj
 
 
 def _select(systems: list[str] | None, diskann: bool) -> list[str]:

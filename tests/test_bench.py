@@ -15,7 +15,6 @@ import pytest
 import anns
 from anns.quantization import make_codec
 from bench import disk, targets, variants
-from bench.run import _finite
 
 
 def _nested(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -149,12 +148,6 @@ def test_report_reads_the_targets_off_the_rows() -> None:
     assert "mp 4, rf 2, eps2 0.6 (0.9550)" in lines["bytes read per query / diskann"]
     assert "x4.000" in lines["batch QPS / diskann"] and "x0.120" in lines[
         "serving RSS / faiss-ivf-flat"]
-
-
-def test_finite_turns_infinities_into_strings() -> None:
-    rows = [{"params": {"eps2": math.inf, "x": [1.0, -math.inf]}}]
-    text = json.dumps(_finite(rows), allow_nan=False)
-    assert json.loads(text) == [{"params": {"eps2": "inf", "x": [1.0, "-inf"]}}]
 
 
 def test_disk_probe_reads_with_o_direct(tmp_path: Path) -> None:

@@ -55,6 +55,11 @@ def test_rerank_depth_is_at_least_k_times_refine_factor(k: int, refine: float) -
     assert depth < k * refine + 1
 
 
+@pytest.mark.parametrize(("k", "refine", "depth"), [(100, 1.1, 110), (50, 1.1, 55), (10, 2.5, 25)])
+def test_rerank_depth_of_a_whole_product_is_that_product(k: int, refine: float, depth: int) -> None:
+    assert SearchParams(refine_factor=refine).rerank_depth(k) == depth
+
+
 def test_stage_dims_default_to_the_prefix_above_them() -> None:
     # d_scan alone: routing uses the scanned prefix, not all dims (which d_scan could not hold)
     config = validated(IndexConfig, dim=32, d_scan=24)

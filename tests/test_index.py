@@ -707,3 +707,101 @@ def test_wrong_config_fields(tmp_path: Path, fields: dict, named: str) -> None:
     with pytest.raises(InvalidArgumentError, match=named):
         anns.build(tmp_path / "c", np.ones((10, 8), np.float32), config=fields)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("call", ["get", "contains", "count", "info"])
+def test_a_read_overlapping_close_finishes_before_the_database_closes(
+    tmp_path: Path, call: str
+) -> None:
+    coll = anns.Collection.create(tmp_path / "c", anns.IndexConfig(dim=8))
+    coll.add(S.gaussian(0, 50, 8), np.arange(50))
+    storage = coll._storage
+    name = "get_vectors" if call in ("get", "contains") else "get_meta"
+    real = getattr(storage, name)
+    reading, release = threading.Event(), threading.Event()
+
+    def held(*args: object) -> object:
+        if threading.current_thread().name.startswith("reader") and not release.is_set():
+            reading.set()
+            release.wait(30)
+        return real(*args)
+
+    setattr(storage, name, held)
+    args = (np.arange(5),) if call in ("get", "contains") else ()
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="reader") as reader, \
+                ThreadPoolExecutor(1) as closer:
+            read = reader.submit(getattr(coll, call), *args)
+            assert reading.wait(30)
+            closing = closer.submit(coll.close)
+            with pytest.raises(concurrent.futures.TimeoutError):
+                closing.result(timeout=0.3)  # the close waits for the read
+            release.set()
+            got = read.result(30)  # answered from the open database
+            closing.result(30)
+    finally:
+        release.set()
+    assert got is not None and (call != "count" or got == 50)
+    with pytest.raises(CollectionClosedError):
+        getattr(coll, call)(*args)
+
+
+def test_a_model_change_between_checking_and_searching_is_checked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_compat import two_models
+
+    old, new, _ = two_models(1000, seed=1)
+    coll = anns.Collection.create(tmp_path / "c", anns.IndexConfig(dim=32))
+    coll.add(old[:900], np.arange(900))
+    coll.add_model("v2", old[:600], new[:600])  # current: 48 dims
+    real = anns.index.as_vectors
+
+    def then_switch(*args: object, **kwargs: object) -> np.ndarray:
+        checked = real(*args, **kwargs)
+        if coll.models()["current"] == "v2":
+            coll.set_current("default")  # lands before the search takes its view
+        return checked
+
+    monkeypatch.setattr(anns.index, "as_vectors", then_switch)
+    with pytest.raises(anns.DimensionMismatchError, match="query dim 48 does not match "
+                                                          "collection dim 32"):
+        coll.search(new[900:910], 10)
+    coll.close()
+
+
+def test_search_takes_an_empty_batch_and_params_as_a_dict(
+    coll: anns.Collection, small: tuple[np.ndarray, np.ndarray]
+) -> None:
+    got = coll.search(np.empty((0, 8), np.float32), 5, return_stats=True)
+    assert got.ids.shape == (0, 5) and got.distances.shape == (0, 5)
+    assert got.stats is not None and got.stats.queries == 0
+    _, queries = small
+    as_dict = coll.search(queries[:3], 5, {"max_postings": 4, "refine_factor": 2.0})
+    as_model = coll.search(queries[:3], 5, anns.SearchParams(max_postings=4, refine_factor=2.0))
+    np.testing.assert_array_equal(as_dict.ids, as_model.ids)
+    with pytest.raises(anns.DTypeError, match="params must be SearchParams"):
+        coll.search(queries[:3], 5, [4, 2.0])  # type: ignore[arg-type]
+    with pytest.raises(anns.InvalidArgumentError, match="max_postings"):
+        coll.search(queries[:3], 5, {"max_postings": 0})
+
+
+def test_a_deep_rerank_of_a_small_collection_sizes_its_rows_by_what_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coll = anns.Collection.create(tmp_path / "c", anns.IndexConfig(dim=8))
+    coll.add(S.gaussian(0, 300, 8), np.arange(300))
+    widths: list[int] = []
+    real = anns.search._rerank
+
+    def recording(view: object, queries: object, cand: np.ndarray, *args: object) -> object:
+        widths.append(cand.shape[1])
+        return real(view, queries, cand, *args)
+
+    monkeypatch.setattr(anns.search, "_rerank", recording)
+    got = coll.search(S.gaussian(1, 16, 8), 1024, refine_factor=1000.0, max_postings=1000,
+                      eps2=float("inf"))
+    assert got.ids.shape == (16, 1024) and (got.ids[:, 300:] == -1).all()
+    assert (np.sort(got.ids[:, :300], axis=1) == np.arange(300)).all()
+    assert widths and max(widths) <= 300 * 8  # never the 1,024,000 asked for
+    coll.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -20,9 +21,10 @@ from anns import (
     SearchParams,
     StorageConfig,
 )
-from anns.cli import main
+from anns.cli import main, to_json
 from anns.evaluation import exact_knn, recall_at
 from anns.tuning import Profile, _given, _held_out, profiles_from_json, profiles_to_json
+from test_compat import two_models
 
 Data = tuple[np.ndarray, np.ndarray]
 
@@ -225,18 +227,18 @@ def test_given_queries_are_sampled_and_their_truth_is_every_stored_vector(
 ) -> None:
     base = data[0]
     given = _between(base, 60, seed=2)
-    queries, truth = _given(coll, given, 40, 10, seed=3, model=None)
-    raw = coll._require_view().basis.invert(queries)
-    # 40 of the 60 rows, in their order, into collection space and back
+    raw, version, truth = _given(coll, given, 40, 10, seed=3, model=None)
+    assert version.name == "default"
+    # 40 of the 60 rows, in their order
     rows = [int(np.argmin(((given - r) ** 2).sum(1))) for r in raw]
     assert len(set(rows)) == 40 and rows == sorted(rows)
-    np.testing.assert_allclose(raw, given[rows], atol=1e-4)
+    np.testing.assert_array_equal(raw, given[rows])
     dist = ((given[rows, None, :].astype(np.float64) - base[None]) ** 2).sum(-1)
     for row in range(40):  # ties aside, the 10 smallest distances over every stored vector
         assert (dist[row, truth[row]] <= np.sort(dist[row])[9] + 1e-4).all()
-    same, _ = _given(coll, given, 40, 10, seed=3, model=None)
-    np.testing.assert_array_equal(same, queries)  # the sample is the seed's
-    everything, _ = _given(coll, given, 300, 10, seed=3, model=None)
+    same, _, _ = _given(coll, given, 40, 10, seed=3, model=None)
+    np.testing.assert_array_equal(same, raw)  # the sample is the seed's
+    everything, _, _ = _given(coll, given, 300, 10, seed=3, model=None)
     assert len(everything) == 60
 
 
@@ -257,43 +259,77 @@ def test_tune_refuses_bad_given_queries_and_keeps_the_stored_profiles(
         # leaves out row 83 of the 100, so row 97 is the sample's 96th)
         with pytest.raises(NonFiniteError, match="first at row 97"):
             c.tune(0.9, queries=99, query_vectors=bad)
-        with pytest.raises(InvalidArgumentError, match="no tuning queries"):
-            c.tune(0.9, query_vectors=np.empty((0, 32), np.float32))
+        for empty in (np.empty((0, 32), np.float32), []):
+            with pytest.raises(InvalidArgumentError, match="no tuning queries"):
+                c.tune(0.9, query_vectors=empty)
+        for bad_arg, error in (({"k": 2.5}, anns.DTypeError), ({"queries": 2.5}, None),
+                               ({"queries": 0}, None), ({"k": 0}, None)):
+            with pytest.raises(error or InvalidArgumentError, match="k must|queries must"):
+                c.tune(0.9, **bad_arg)
+        with pytest.raises(InvalidArgumentError, match="target recall must be a number"):
+            c.tune("0.9")
         with pytest.raises(InvalidArgumentError, match="none were given"):
             c.tune(0.9, model="default")
         assert c.profiles() == before
         assert c._require_view().d_scan == CONFIG["d_scan"]  # no re-encoding either
 
 
-def test_given_queries_are_mapped_as_their_model_s_search_maps_them(
-    tmp_path: Path, data: Data
+def test_given_queries_of_a_model_version_are_measured_as_its_searches_run(
+    tmp_path: Path,
 ) -> None:
-    base, queries = data
-    anns.build(tmp_path / "c", base, config=CONFIG)
-    rotation, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((32, 32)))
-    rotation = rotation.astype(np.float32)
-    with anns.Collection.open(tmp_path / "c") as c:
-        # the current model: the base model's space turned (same dim, so only the name tells)
-        c.add_model("turned", base[:1500], base[:1500] @ rotation, force=True)
-        assert c.models()["current"] == "turned"
-        as_current, truth = _given(c, queries @ rotation, 100, 10, seed=0, model=None)
-        as_base, base_truth = _given(c, queries, 100, 10, seed=0, model="default")
-        np.testing.assert_allclose(as_current, as_base, atol=1e-3)
-        assert (truth == base_truth).mean() > 0.98  # ties and rounding aside
+    # half the collection backfilled by a model with extra dims: its searches rerank its own
+    # vectors on all their dims and the old ones calibrated, and so must the tuning's truth
+    old, new, _ = two_models(2600, seed=5)
+    with anns.Collection.create(tmp_path / "c", anns.IndexConfig(dim=32, posting_size=32)) as c:
+        c.add(old[:2400], np.arange(2400))
+        c.add_model("v2", old[:800], new[:800])
+        c.backfill("v2", new[:1200], np.arange(1200), progress=False)
+        queries = new[2400:2500]
+        report = c.tune(0.9, queries=100, query_vectors=queries, model="v2", store=False)
+        assert report.profile.source == "given" and report.profile.queries == 100
+        found = c.search(queries, 10, report.profile.search_params(), model="v2").ids
+        truth = c.search(queries, 10, model="v2", max_postings=10000, eps2=math.inf,
+                         refine_factor=1000).ids  # every vector, scored by the rerank
+        assert recall_at(found, truth, 10) == pytest.approx(report.profile.recall, abs=1e-4)
+        assert report.profile.recall >= 0.9
+        with pytest.raises(DimensionMismatchError, match="does not match model 'v2' dim 48"):
+            c.tune(0.9, query_vectors=old[2400:])  # the current model is v2
         with pytest.raises(anns.NotFoundError, match="'gone' is not registered"):
             c.tune(0.9, query_vectors=queries, model="gone")
 
 
-def test_profiles_keep_their_query_source_and_skip_keys_they_do_not_know() -> None:
+def test_a_failed_tune_over_d_scans_leaves_the_codes_and_profiles_as_they_were(
+    tmp_path: Path, data: Data
+) -> None:
+    anns.build(tmp_path / "c", data[0][:2000], config=CONFIG)
+    with anns.Collection.open(tmp_path / "c") as c:
+        c.tune(0.8, queries=80)
+        before, info = c.profiles(), c.info()
+        with pytest.raises(InvalidArgumentError, match="no setting reaches recall@1 1.0"):
+            c.tune(1.0, k=1, queries=100, query_vectors=_between(data[0], 100, seed=4),
+                   d_scans=[8, 24])
+        assert c.profiles() == before
+        assert c._require_view().d_scan == CONFIG["d_scan"]
+        assert c.info()["code_size"] == info["code_size"]
+        # a d_scans tune that ends on the codes the profiles were measured on keeps them
+        report = c.tune(0.7, queries=80, d_scans=[CONFIG["d_scan"]])
+        assert set(c.profiles()) == {0.7, 0.8} and report.profile.d_scan == CONFIG["d_scan"]
+
+
+def test_profiles_keep_their_query_source_where_older_versions_read_them() -> None:
     given = Profile(0.9, {"max_postings": 8}, 0.93, 1000.0, "batch", 300, 10, 16, "given")
     held_out = Profile(0.8, {"max_postings": 4}, 0.83, 2000.0, "batch", 300, 10, 16)
     blob = json.loads(profiles_to_json({0.9: given, 0.8: held_out}, 0.9))
-    # the default source is not written: versions before it refused keys they did not know
-    assert "source" not in blob["profiles"]["0.8"]
-    assert blob["profiles"]["0.9"]["source"] == "given"
+    # versions before `source` refused a profile holding a key they did not know: it is
+    # stored beside the profiles, which hold exactly the fields those versions had
+    before = {f.name for f in dataclasses.fields(Profile)} - {"source"}
+    assert all(set(p) == before for p in blob["profiles"].values())
+    assert blob["sources"] == {"0.9": "given"}
     blob["profiles"]["0.9"]["added_later"] = 1  # a later version's key
     loaded = profiles_from_json(json.dumps(blob).encode())
     assert loaded == {0.9: given, 0.8: held_out}
+    del blob["sources"]  # what those versions stored
+    assert profiles_from_json(json.dumps(blob).encode())[0.9].source == "collection"
 
 
 def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
@@ -304,7 +340,7 @@ def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
                  "--dry-run"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    printed = json.loads(out)
+    printed = json.loads(out, parse_constant=_not_json)  # an eps2 of inf too: strict JSON
     assert printed["stored"] is False
     assert printed["target_recall"] == 0.85 and "max_postings" in printed["params"]
     assert "max_postings" in err  # the curve table
@@ -333,6 +369,20 @@ def test_cli_tune_prints_the_profile_and_dry_run_stores_nothing(
                  "--query-vectors", str(tmp_path / "q.npy")])
     out, err = capsys.readouterr()
     assert code == 1 and "tuning query dim 16 does not match collection dim 32" in err
+    code = main(["tune", str(tmp_path / "c"), "--recall", "0.8", "--model", "default"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "give --query-vectors FILE too" in err
+
+
+def test_tune_output_is_strict_json_that_search_params_read_back() -> None:
+    printed = json.loads(to_json({"eps2": math.inf, "recall": 0.9, "x": [1.0, -math.inf]}),
+                         parse_constant=_not_json)
+    assert printed == {"eps2": "inf", "recall": 0.9, "x": [1.0, "-inf"]}
+    assert SearchParams(eps2=printed["eps2"]).eps2 == math.inf
+
+
+def _not_json(constant: str) -> None:
+    raise AssertionError(f"{constant} is not JSON")
 
 
 # ------------------------------------------------------------------------------ recode
