@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from anns.errors import DimensionMismatchError, DuplicateIdsError, InvalidArgumentError
-from anns.vectors import as_ids
+from anns.errors import DimensionMismatchError, DTypeError, DuplicateIdsError, InvalidArgumentError
+from anns.vectors import as_ids, as_vectors
 
 if TYPE_CHECKING:
     from anns.index import Collection
@@ -55,11 +55,20 @@ def checkpoint_key(model: str) -> str:
     return f"backfill/{model}"
 
 
-def fingerprint(model: str, vectors: Any, ids: np.ndarray) -> str:
+def fingerprint(
+    model: str, vectors: Any, ids: np.ndarray, check: Callable[[np.ndarray, np.ndarray], Any]
+    | None = None,
+) -> str:
+    """The input's hash (model, shape, dtype, ids, rows), read in bounded chunks; ``check``
+    (rows, their row numbers) sees every chunk on the way, so a bad row is refused before
+    the first batch is written."""
     h = hashlib.sha256(f"{model}|{tuple(vectors.shape)}|{vectors.dtype.str}".encode())
     h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
     for s in range(0, len(vectors), _HASH_ROWS):  # bounded memory on memory-mapped input
-        h.update(np.ascontiguousarray(vectors[s : s + _HASH_ROWS]).tobytes())
+        rows = np.ascontiguousarray(vectors[s : s + _HASH_ROWS])
+        if check is not None:
+            check(rows, np.arange(s, s + len(rows)))
+        h.update(rows.tobytes())
     return h.hexdigest()
 
 
@@ -75,6 +84,8 @@ def backfill(
 ) -> BackfillReport:
     """See :meth:`anns.Collection.backfill`."""
     version = coll._models.get(model)
+    if isinstance(batch_rows, bool) or not isinstance(batch_rows, int | np.integer):
+        raise DTypeError(f"batch_rows must be an integer, got {batch_rows!r}")
     if batch_rows < 1:
         raise InvalidArgumentError(f"batch_rows must be at least 1, got {batch_rows}")
     if getattr(vectors, "ndim", 0) != 2:
@@ -87,7 +98,13 @@ def backfill(
     if len(np.unique(ids)) != len(ids):
         raise DuplicateIdsError("backfill ids repeat: every item is re-stored once")
     key = checkpoint_key(version.name)
-    fp = fingerprint(version.name, vectors, ids)
+    metric = coll.config.metric
+
+    def check(rows: np.ndarray, numbers: np.ndarray) -> None:
+        as_vectors(rows, version.dim, metric=metric, what="backfill vector", rows=numbers,
+                   of=version.owner)
+
+    fp = fingerprint(version.name, vectors, ids, check)
     saved = coll._storage.get_meta(key)
     start = 0
     if saved is not None:

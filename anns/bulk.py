@@ -243,7 +243,7 @@ class _Builder:
         for s in range(0, len(rows), self.chunk):  # bounded reads of the mapping at a time
             part = rows[s : s + self.chunk]
             src = self.x[part[0] : part[-1] + 1] if _is_run(part) else self.x[part]
-            out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric)
+            out[s : s + len(part)] = as_vectors(src, self.dim, metric=self.cfg.metric, rows=part)
             drop_resident_pages(self.x)
         return out if self.basis is None or as_given else self.basis.apply_in_place(out)
 

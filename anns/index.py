@@ -65,7 +65,7 @@ from anns.tuning import (
     profiles_to_json,
     tune,
 )
-from anns.vectors import as_ids, as_vectors, check_k, check_storable, prefix
+from anns.vectors import MAX_ID, as_ids, as_vectors, check_k, check_storable, prefix
 
 if TYPE_CHECKING:
     from anns.backfill import BackfillReport
@@ -771,18 +771,24 @@ class Collection:
                meta: dict[str, bytes] | None = None) -> np.ndarray:
         """The write path; ``meta`` entries go into the same atomic batch (checkpoints)."""
         self._check_writable()
-        version = self._models.get(model)
-        x = as_vectors(vectors, version.dim, metric=self.config.metric, of=version.owner)
         with self._lock:
             self._check_open()
+            # the version as of this write: a rebase or retire that held the lock meanwhile
+            # has moved it (its vectors would be stored in a space the collection left)
+            version = self._models.get(model)
+            x = as_vectors(vectors, version.dim, metric=self.config.metric, of=version.owner)
             # what the vectors family holds: the base model's vectors as given for an integer
             # vector_dtype (checked before anything is written), else their stored form
             dtype = self.config.vector_dtype if version.is_base else "float32"
             as_given = check_storable(x, dtype)
             if ids is None:
                 if replace:
-                    raise FailedPreconditionError("upsert needs explicit ids")
+                    raise InvalidArgumentError("upsert needs explicit ids: the ids to replace")
                 start = int(self._storage.get_meta("next_id") or b"0")
+                if start + len(x) - 1 > MAX_ID:
+                    raise LimitExceededError(
+                        f"ids are assigned after the largest ever stored, {start - 1}: "
+                        f"{len(x)} more would pass the largest id, {MAX_ID}; give ids")
                 ids = np.arange(start, start + len(x), dtype=np.int64)
             ids = as_ids(ids, len(x))
             if not len(x):

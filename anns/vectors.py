@@ -31,7 +31,8 @@ def as_vectors(
 ) -> np.ndarray:
     """Validate ``x`` as a batch of ``dim``-dimensional vectors.
 
-    A 1-D input of length ``dim`` is taken as a batch of one. Integer and float inputs are
+    A 1-D input of length ``dim`` is taken as a batch of one, an empty one (``[]``) as an
+    empty batch. Integer and float inputs are
     converted to float32; anything else (bool, complex, strings, objects) is a DTypeError. For
     ``metric="cosine"`` rows are L2-normalised (a zero row is an error: it has no direction).
     ``rows``: the input's row numbers of ``x``'s rows (a sample of it), for the errors to name;
@@ -43,8 +44,8 @@ def as_vectors(
     whats = _plural(what)
     if arr.dtype.kind not in "fiu":
         raise DTypeError(f"{whats} must be a float or integer array, got dtype {arr.dtype}")
-    if arr.ndim == 1:
-        arr = arr.reshape(1, -1)
+    if arr.ndim == 1:  # one vector; an empty list is an empty batch
+        arr = arr.reshape(0 if arr.size == 0 else 1, dim if arr.size == 0 else -1)
     if arr.ndim != 2:
         raise DimensionMismatchError(
             f"{whats} must be a 2-D array [n, {dim}], got shape {arr.shape}"

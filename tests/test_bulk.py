@@ -137,6 +137,13 @@ def test_failed_build_removes_the_directory(tmp_path: Path) -> None:
     assert not (tmp_path / "c").exists()
 
 
+def test_a_bad_row_is_named_by_its_row_in_the_input(tmp_path: Path) -> None:
+    x = S.gaussian(0, 30_000, 4)
+    x[29_000:, 1] = np.nan  # met first in the training sample, at other positions in it
+    with pytest.raises(NonFiniteError, match=r"first at row 29\d\d\d\b"):
+        anns.build(tmp_path / "c", x, config={"train_sample_mb": 0.05})
+
+
 def test_failed_build_into_an_empty_directory_leaves_it_empty(tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
     x = S.gaussian(0, 100, 4)

@@ -348,7 +348,7 @@ def test_upsert_replaces(coll: anns.Collection, small: tuple[np.ndarray, np.ndar
 
 
 def test_upsert_needs_ids(coll: anns.Collection, before: Snapshot) -> None:
-    with pytest.raises(anns.AnnsError, match="upsert needs explicit ids"):
+    with pytest.raises(anns.InvalidArgumentError, match="upsert needs explicit ids"):
         coll.upsert(S.gaussian(0, 1, 8), None)  # type: ignore[arg-type]
     before.assert_unchanged()
 
@@ -804,4 +804,17 @@ def test_a_deep_rerank_of_a_small_collection_sizes_its_rows_by_what_is_stored(
     assert got.ids.shape == (16, 1024) and (got.ids[:, 300:] == -1).all()
     assert (np.sort(got.ids[:, :300], axis=1) == np.arange(300)).all()
     assert widths and max(widths) <= 300 * 8  # never the 1,024,000 asked for
+    coll.close()
+
+
+def test_ids_assigned_past_the_largest_int64_are_refused_and_empty_lists_are_empty_batches(
+    tmp_path: Path,
+) -> None:
+    coll = anns.Collection.create(tmp_path / "c", anns.IndexConfig(dim=8))
+    top = np.iinfo(np.int64).max
+    coll.add(S.gaussian(0, 2, 8), [top - 1, top])
+    with pytest.raises(LimitExceededError, match="give ids"):
+        coll.add(S.gaussian(1, 1, 8))
+    assert coll.add([]).shape == (0,) and coll.count() == 2
+    assert coll.search([], 3).ids.shape == (0, 3)
     coll.close()

@@ -394,3 +394,40 @@ def test_a_backfilled_and_rebased_collection_searches_like_one_built_from_the_ne
     # extra dims keep ~99% of the raw model's recall, measured against the raw model here)
     assert rebased >= ceiling - 0.01
     assert ceiling >= 0.97 * reference
+
+
+def test_a_write_that_waited_for_a_rebase_is_stored_in_the_space_it_moved_to(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    old, new = data
+    coll = _collection(tmp_path / "c", old)
+    coll.add_model("v2", old[:PAIRS], new[:PAIRS])
+    coll.backfill("v2", new[:N], np.arange(N), progress=False)
+    coll.retire("default")
+    rebasing = threading.Thread(target=coll.rebase)
+    rebasing.start()
+    while not coll._lock.locked():  # the rebase holds the write lock from its start
+        time.sleep(0.0005)
+    ids = np.arange(N, N + 5)
+    coll.add(new[N : N + 5], ids)  # waits for the rebase, then writes in its space
+    rebasing.join()
+    assert coll.dim > OLD_DIM  # the new model's space (less what carries nothing)
+    assert {len(b) for b in coll._storage.get_vectors(ids)} == {4 * coll.dim}
+    np.testing.assert_array_equal(coll.search(new[N : N + 5], 1, **EXHAUSTIVE).ids[:, 0], ids)
+    coll.close()
+
+
+def test_backfill_refuses_a_bad_row_before_writing_any(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    old, new = data
+    coll = _collection(tmp_path / "c", old)
+    coll.add_model("v2", old[:PAIRS], new[:PAIRS])
+    bad = new[:N].copy()
+    bad[N - 1, 3] = np.nan  # in the last batch
+    with pytest.raises(anns.NonFiniteError, match="first at row 2399"):
+        coll.backfill("v2", bad, np.arange(N), batch_rows=400, progress=False)
+    assert coll.models()["versions"]["v2"]["count"] == 0
+    with pytest.raises(anns.DTypeError, match="batch_rows must be an integer"):
+        coll.backfill("v2", new[:N], np.arange(N), batch_rows=2.5)  # type: ignore[arg-type]
+    coll.close()
