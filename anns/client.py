@@ -273,7 +273,7 @@ class RemoteCollection:
 
         c, pb = self.client, self.client.pb
         k = check_k(k)
-        q = as_vectors(queries, _model_dim(queries, self.dim, model), what="query")
+        q = as_vectors(queries, _model_dim(queries, self.dim), what="query")
         request_params = pb.SearchParams(**_wire_knobs(params, knobs))
         # ids and distances of k results, their vectors and the query's figures if asked for
         per_row = (k * (12 + (4 * self.dim if return_vectors else 0))
@@ -337,7 +337,7 @@ class RemoteCollection:
 
     def _write(self, vectors: Any, ids: Any, *, upsert: bool, model: str | None) -> np.ndarray:
         c, pb = self.client, self.client.pb
-        x = as_vectors(vectors, _model_dim(vectors, self.dim, model))
+        x = as_vectors(vectors, _model_dim(vectors, self.dim))
         id_array = None if ids is None else as_ids(ids, len(x))
         if upsert and id_array is None:
             raise errors.InvalidArgumentError("upsert needs ids")
@@ -385,17 +385,26 @@ class RemoteCollection:
             raise errors.InvalidArgumentError(f"got {len(id_source)} ids for {n} vectors")
         if upsert and id_source is None:
             raise errors.InvalidArgumentError("upsert needs ids")
-        dim = _model_dim(x, self.dim, model)
+        dim = _model_dim(x, self.dim)
         row_bytes = 4 * dim + 8
         rows = c.rows_per_call(row_bytes, 8)
         rows = min(rows, batch_rows or max(1, (8 << 20) // row_bytes))
         mode = pb.WRITE_MODE_UPSERT if upsert else pb.WRITE_MODE_ADD
 
+        refused: list[errors.AnnsError] = []
+
         def requests() -> Iterator[Any]:
             for start in range(0, n, rows):
-                part = as_vectors(np.asarray(x[start:start + rows]), dim)
-                part_ids = None if id_source is None else as_ids(
-                    np.asarray(id_source[start:start + rows]), len(part))
+                numbers = np.arange(start, min(start + rows, n))
+                try:
+                    part = as_vectors(np.asarray(x[start:start + rows]), dim, rows=numbers)
+                    part_ids = None if id_source is None else as_ids(
+                        np.asarray(id_source[start:start + rows]), len(part))
+                except errors.AnnsError as e:
+                    # end the stream cleanly: what was sent is written; the error is raised
+                    # below with the count (raised here, gRPC would cancel the call as UNKNOWN)
+                    refused.append(e)
+                    return
                 yield pb.UpsertRequest(
                     collection=self.name, mode=mode, model=model or "",
                     vectors=pb.VectorBatch(data=part.tobytes(), dim=dim),
@@ -410,6 +419,8 @@ class RemoteCollection:
                 written.append(np.frombuffer(ack.ids, dtype="<i8").astype(np.int64))
                 total = ack.total_written
                 bar.update(ack.written)
+            if refused:
+                raise refused[0]
         except Exception as e:
             if isinstance(e, errors.AnnsError):
                 raise type(e)(f"{e} ({total} of {n} vectors were written and acknowledged "
@@ -420,13 +431,12 @@ class RemoteCollection:
         return np.concatenate(written)
 
 
-def _model_dim(vectors: Any, base_dim: int, model: str | None) -> int:
-    """The dim to validate against locally: the base dim, or for a named model version the
-    input's own (the server checks it against the version's)."""
-    if not model:
-        return base_dim
+def _model_dim(vectors: Any, base_dim: int) -> int:
+    """The dim to validate against locally: the input's own. The server checks it against the
+    version's that embedded it (named, or the current one, which may have changed since this
+    handle was made), with the library's error."""
     shape = np.shape(vectors)
-    return int(shape[-1]) if shape else base_dim
+    return int(shape[-1]) if len(shape) and shape[-1] else base_dim
 
 
 def _wire_knobs(params: SearchParams | None, knobs: dict[str, Any]) -> dict[str, Any]:

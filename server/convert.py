@@ -66,6 +66,9 @@ def from_proto_config(msg: pb.CollectionConfig) -> IndexConfig:
         if name in _ENUMS:
             prefix, enum = _ENUMS[name]
             value = getattr(msg, name)
+            if value not in enum.values():
+                raise InvalidArgumentError(
+                    f"{name} {value} is not a value of {enum.DESCRIPTOR.name}")
             if value:  # UNSPECIFIED: the library's default
                 fields[name] = enum.Name(value).removeprefix(prefix).lower()
         elif fd.has_presence:

@@ -163,6 +163,10 @@ class _Call:
                 self.code, self.message = error.grpc_status, str(error)
                 self.context.set_trailing_metadata(((ERROR_TRAILER, type(error).__name__),))
                 self.context.abort(getattr(grpc.StatusCode, self.code), str(error))
+            elif isinstance(error, grpc.RpcError) or (
+                    isinstance(error, Exception) and not self.context.is_active()):
+                # the client cancelled (its request stream raises as it goes): not a fault
+                self.code, self.message = "CANCELLED", "the client cancelled the call"
             elif isinstance(error, Exception):
                 status = self.context.code()
                 if status is not None and status != grpc.StatusCode.OK:  # aborted already

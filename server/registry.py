@@ -21,6 +21,7 @@ from anns.errors import (
     AnnsError,
     CollectionExistsError,
     CollectionNotFoundError,
+    CorruptCollectionError,
     InvalidArgumentError,
 )
 from anns.index import Collection
@@ -102,7 +103,8 @@ class Registry:
                 self._settle(entry, None, e)
             except Exception as e:  # an unexpected failure must not leave it opening forever
                 log.exception("collection %s could not be opened", name)
-                self._settle(entry, None, AnnsError(f"collection {name!r} failed to open: {e}"))
+                self._settle(entry, None, CorruptCollectionError(
+                    f"collection {name!r} failed to open: {e}"))
             else:
                 log.info("collection %s is open (%d vectors)", name, coll.count())
                 self._settle(entry, coll, None)

@@ -51,6 +51,17 @@ class Limits:
                 f"{self.config.max_batch} (max_batch, see GetServerInfo)"
             )
 
+    def get(self, n: int, dim: int) -> None:
+        """A Get of ``n`` ids: its response holds them (8 B) and their vectors (4 B a dim)."""
+        self.rows(n, "ids")
+        size = n * (8 + 4 * dim) + 4096
+        if size > self.config.max_message_bytes:
+            raise RequestLimitError(
+                f"the response to a Get of {n} ids of {dim} dims would be about {size} bytes, "
+                f"over this server's limit of {self.config.max_message_bytes} bytes "
+                f"(max_message_bytes, see GetServerInfo); ask for fewer ids per call"
+            )
+
     def search(self, q: int, k: int, dim: int, with_vectors: bool, with_stats: bool) -> None:
         self.rows(q, "queries")
         if k > self.config.max_k:
@@ -116,6 +127,9 @@ class VectorsService(rpc.VectorsServicer):
         model = request.model or None
         self.limits.rows(len(x), "vectors")
         ids = _ids_or_none(request.ids)
+        if request.mode not in pb.WriteMode.values():  # UNSPECIFIED is an upsert
+            raise InvalidArgumentError(f"unknown write mode {request.mode}: WRITE_MODE_ADD or "
+                                       f"WRITE_MODE_UPSERT")
         if request.mode == pb.WRITE_MODE_ADD:
             written = coll.add(x, ids, model=model)
         elif ids is None:
@@ -159,6 +173,7 @@ class VectorsService(rpc.VectorsServicer):
         ids = from_proto_ids(request.ids)
         self.limits.rows(len(ids), "ids")
         with self.registry.use(request.collection) as coll:
+            self.limits.get(len(ids), coll.dim)
             vectors = coll.get(ids)
             dim = coll.dim
         return pb.GetVectorsResponse(ids=request.ids, vectors=to_proto_vectors(
@@ -202,11 +217,18 @@ def _result_vectors(coll: Collection, ids: np.ndarray) -> np.ndarray:
     out = np.zeros((len(flat), coll.dim), dtype=np.float32)
     unique, inverse = np.unique(flat, return_inverse=True)
     valid = unique >= 0
-    present = np.zeros(len(unique), dtype=bool)
-    present[valid] = coll.contains(unique[valid])
     rows = np.zeros((len(unique), coll.dim), dtype=np.float32)
-    if present.any():
-        rows[present] = coll.get(unique[present])
+    for _ in range(3):  # a delete may land between the two reads: read what is left again
+        present = np.zeros(len(unique), dtype=bool)
+        present[valid] = coll.contains(unique[valid])
+        try:
+            if present.any():
+                rows[present] = coll.get(unique[present])
+            break
+        except NotFoundError:
+            continue
+    else:  # deleted faster than read three times over: the ids stand, their vectors zero
+        rows[:] = 0
     out[:] = rows[inverse.reshape(-1)]
     return out
 

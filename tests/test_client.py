@@ -344,3 +344,39 @@ def test_cli_serve_search_ingest_and_drain_on_sigterm(
         log_file.close()
     with anns.Collection.open(root / "fresh") as coll:  # closed cleanly, nothing lost
         assert coll.count() == 1200
+
+
+def test_a_bad_row_ends_an_ingest_cleanly_with_what_was_written(
+    client: anns.Client, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    remote = client.create_collection("ingest-bad", {"dim": 16, **CONFIG})
+    try:
+        x = np.resize(data[0], (1000, 16)).copy()
+        x[700, 5] = np.nan
+        with pytest.raises(anns.NonFiniteError,
+                           match=r"first at row 700 \(700 of 1000 vectors were written"):
+            remote.ingest(x, batch_rows=100)
+        assert remote.count() == 700  # the batches before the bad one, as the library writes
+    finally:
+        client.delete_collection("ingest-bad")
+
+
+def test_a_remote_collection_takes_the_current_model_s_vectors(tmp_path: Path) -> None:
+    from test_compat import NEW_DIM, two_models
+
+    old, new, _ = two_models(1200, seed=3)
+    with anns.Collection.create(tmp_path / "m", anns.IndexConfig(dim=32)) as local:
+        local.add(old[:1000], np.arange(1000))
+        local.add_model("v2", old[:600], new[:600])  # current: 48 dims
+        want = local.search(new[1000:1010], 5).ids
+    running = build_server(ServerConfig(root=tmp_path, port=0))
+    try:
+        running.registry.opened.wait(WAIT)
+        with anns.Client(f"127.0.0.1:{running.port}") as c:
+            remote = c.collection("m")
+            np.testing.assert_array_equal(remote.search(new[1000:1010], 5).ids, want)
+            assert remote.add(new[1010:1012]).tolist() == [1000, 1001]
+            with pytest.raises(anns.DimensionMismatchError, match=f"model 'v2' dim {NEW_DIM}"):
+                remote.search(old[1000:1010], 5)  # the base model's, not the current one's
+    finally:
+        running.stop(grace=5)

@@ -28,7 +28,7 @@ from anns_proto.anns.v1 import anns_pb2 as pb
 from anns_proto.anns.v1 import anns_pb2_grpc as rpc
 from server import RunningServer, ServerConfig, build_server
 from server.app import SERVICES
-from server.servicers import Limits
+from server.servicers import Limits, _result_vectors
 from test_compat import NEW_DIM, OLD_DIM, two_models
 
 LIMIT = 256 << 10  # max_message_bytes of the test server: small, so limits are cheap to hit
@@ -399,6 +399,15 @@ def _bad_requests(stubs: Stubs, q: np.ndarray) -> list[tuple[str, Callable[[], A
         ("corrupt collection", lambda: S(pb.SearchRequest(collection="broken", queries=vecs(q),
                                                           k=5)),
          "DATA_LOSS", ["unreadable"]),
+        ("unknown enum value", lambda: C.CreateCollection(pb.CreateCollectionRequest(
+            name="odd", config=pb.CollectionConfig(dim=16, metric=9))),
+         "INVALID_ARGUMENT", ["metric 9", "Metric"]),
+        ("unknown write mode", lambda: V.Upsert(pb.UpsertRequest(
+            collection="base", vectors=vecs(q[:1]), ids=ids_bytes([3]), mode=9)),
+         "INVALID_ARGUMENT", ["write mode 9"]),
+        ("get response over limit", lambda: V.Get(pb.GetVectorsRequest(
+            collection="base", ids=ids_bytes(np.arange(4000)))),
+         "RESOURCE_EXHAUSTED", ["4000 ids", str(LIMIT), "fewer ids"]),
     ]
 
 
@@ -477,6 +486,40 @@ def test_unavailable_while_a_collection_opens(tmp_path: Path, root: Path) -> Non
         server.stop(grace=5)
 
 
+def test_a_collection_that_failed_to_open_unexpectedly_is_data_loss(tmp_path: Path) -> None:
+    def failing_open(path: Path, storage: anns.StorageConfig) -> anns.Collection:
+        raise ValueError("config: metric 'l3' is not one of l2, ip, cosine")
+
+    anns.Collection.create(tmp_path / "odd", anns.IndexConfig(dim=4)).close()
+    server = build_server(ServerConfig(root=tmp_path, port=0), opener=failing_open)
+    try:
+        server.registry.opened.wait(WAIT)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            err = status_of(lambda: Stubs(channel).search.Search(pb.SearchRequest(
+                collection="odd", queries=vecs(np.ones((1, 4), np.float32)), k=1), timeout=WAIT))
+        assert err.code() == grpc.StatusCode.DATA_LOSS and "metric 'l3'" in err.details()
+        assert trailer(err) == "CorruptCollectionError"
+    finally:
+        server.stop(grace=5)
+
+
+def test_result_vectors_of_ids_deleted_between_its_reads_are_zeros() -> None:
+    class Racing:  # contains() sees ids 3 and 5; 5 is deleted before the first get()
+        dim, deleted = 2, False
+
+        def contains(self, ids: np.ndarray) -> np.ndarray:
+            return ids != 5 if self.deleted else np.ones(len(ids), bool)
+
+        def get(self, ids: np.ndarray) -> np.ndarray:
+            if 5 in ids.tolist():
+                self.deleted = True
+                raise anns.NotFoundError("1 id(s) not stored, e.g. [5]")
+            return np.full((len(ids), 2), 7.0, np.float32)
+
+    out = _result_vectors(Racing(), np.array([[3, 5, -1]]))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(out, [[7, 7], [0, 0], [0, 0]])
+
+
 def test_deadline_between_ingest_batches(stubs: Stubs, data: tuple[np.ndarray, np.ndarray]) -> None:
     stubs.collections.CreateCollection(pb.CreateCollectionRequest(
         name="timed", config=pb.CollectionConfig(dim=16, posting_size=16)), timeout=WAIT)
@@ -548,6 +591,35 @@ def test_metrics_endpoint(running: RunningServer, stubs: Stubs,
     probed = [line for line in text.splitlines()
               if line.startswith("anns_search_postings_probed_count")]
     assert float(probed[0].split()[-1]) >= 1
+
+
+def test_an_ingest_the_client_cancels_is_counted_as_cancelled(
+    running: RunningServer, stubs: Stubs, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    def sample(code: str) -> float:
+        return running.metrics.registry.get_sample_value(
+            "anns_grpc_errors_total", {"rpc": "Vectors.Ingest", "code": code}) or 0.0
+
+    before = {code: sample(code) for code in ("CANCELLED", "INTERNAL")}
+
+    def requests() -> Iterator[pb.UpsertRequest]:
+        for i in range(3):
+            yield pb.UpsertRequest(collection="base", vectors=vecs(data[1][:2]),
+                                   ids=ids_bytes([70_000 + 2 * i, 70_001 + 2 * i]))
+        time.sleep(5)  # the server waits for the next batch: the call is cancelled meanwhile
+
+    call = stubs.vectors.Ingest(requests())
+    for _ in range(3):
+        next(call)  # the batches' acks
+    call.cancel()
+    deadline = time.monotonic() + WAIT
+    while sample("CANCELLED") + sample("INTERNAL") == sum(before.values()) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sample("CANCELLED") == before["CANCELLED"] + 1
+    assert sample("INTERNAL") == before["INTERNAL"]
+    stubs.vectors.Delete(pb.DeleteVectorsRequest(collection="base",
+                                                 ids=ids_bytes(np.arange(70_000, 70_006))))
 
 
 # ---------------------------------------------------------------------------- concurrency
