@@ -40,6 +40,7 @@ from anns.errors import (
 from anns.memory import release_freed_heap
 from anns.models import BASE, ModelVersion, Models, check_name, describe, fit_calibration
 from anns.quantization import Codec, load_codec, make_codec
+from anns.retrain import TRAINED_ROWS, due, retrain
 from anns.routing import Router, balanced_clusters
 from anns.search import ReadView, SearchResult, search
 from anns.storage import (
@@ -370,6 +371,23 @@ class Collection:
         if options.get("store", True):
             self._check_writable()
         return tune(self, recall, **options)
+
+    def retrain(self) -> int:
+        """Fit the basis, clustering and codec again on every stored vector and rewrite the
+        postings (see :mod:`anns.retrain`); returns how many vectors they were trained on.
+        A collection filled by :meth:`add` does this by itself as it grows, until it was
+        trained on ``anns.retrain.TRAINED_ENOUGH`` vectors; after many more writes of a
+        different spread, a call places postings and codes for what is stored now. Searches
+        answer throughout; writes wait. Tuned profiles are dropped. FailedPreconditionError
+        while the collection holds several model versions (see :meth:`rebase`)."""
+        self._check_writable()
+        with self._lock:
+            self._check_open()
+            if self._models.mixed:
+                raise FailedPreconditionError(
+                    "a collection holding several model versions is rebuilt by rebase, once "
+                    "one is left")
+            return retrain(self)
 
     def recode(
         self,
@@ -836,6 +854,9 @@ class Collection:
             with self._commit.write():
                 self._storage.write(batch)
                 self._view = view
+            trained = self._storage.get_meta(TRAINED_ROWS)
+            if due(None if trained is None else int(trained), self._count(), self._models.mixed):
+                retrain(self)  # grown to twice what its first batch trained it on
             return ids
 
     def _bootstrap(self, x: np.ndarray, batch: Batch) -> ReadView:
@@ -854,6 +875,7 @@ class Collection:
         batch.put_meta("basis", basis.to_bytes())
         batch.put_meta("router", router.to_bytes())
         batch.put_meta("codec", codec.to_bytes())
+        batch.put_meta(TRAINED_ROWS, str(len(x)).encode())
         log.info("trained routing (%d postings) and codec on the first batch", router.size)
         return self._make_view(basis, router, codec)
 
