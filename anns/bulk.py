@@ -285,10 +285,40 @@ class _Builder:
                 dist[s : s + len(block)] = d
             primaries = np.bincount(rep[:, 0], minlength=router.size)
             over = np.flatnonzero(primaries > cfg.max_posting_size)
-            if not len(over) or round_ == MAX_SPLIT_ROUNDS - 1:
+            if not len(over):
                 return rep, dist, router
+            if round_ == MAX_SPLIT_ROUNDS - 1:
+                # still over after the rounds: vectors so alike (duplicates) that split
+                # centroids draw them all back; deal them out instead (as an insert's split does)
+                return self._deal_out(router, rep, dist, over)
             router = self._split(router, rep[:, 0], over)
         raise AssertionError("unreachable")
+
+    def _deal_out(
+        self, router: Router, rep: np.ndarray, dist: np.ndarray, over: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, Router]:
+        """Postings over the cap split by the balanced clustering's labels of their vectors
+        (each leaf holds at most posting_size, whatever their distances) rather than by
+        nearest centroid: each vector's primary is its own leaf's centroid."""
+        cfg = self.cfg
+        replaced: dict[int, np.ndarray] = {}
+        added: list[np.ndarray] = []
+        next_pid = router.size
+        for pid in over.tolist():
+            rows = np.flatnonzero(rep[:, 0] == pid)
+            members = prefix(self._rows(rows), cfg.route_dims)
+            centroids, labels = balanced_clusters(
+                members, cfg.posting_size, iters=cfg.kmeans_iters, seed=cfg.seed + pid)
+            primary = np.where(labels == 0, pid, next_pid + labels - 1)
+            rep[rows, 0] = primary
+            dist[rows, 0] = np.sqrt(((members - centroids[labels]) ** 2).sum(axis=1))
+            replaced[pid] = centroids[0]
+            added.extend(centroids[1:])
+            next_pid += len(centroids) - 1
+        log.info("dealt %d postings of near-identical vectors out into %d", len(over),
+                 len(over) + len(added))
+        extra = np.array(added, dtype=np.float32).reshape(-1, cfg.route_dims)
+        return rep, dist, router.with_centroids(replaced, extra)
 
     def _split(self, router: Router, primary: np.ndarray, over: np.ndarray) -> Router:
         cfg = self.cfg

@@ -221,3 +221,24 @@ def test_a_killed_build_is_detected_on_open(tmp_path: Path) -> None:
     assert (tmp_path / "c").is_dir(), "a killed process cannot clean up"
     with pytest.raises(IncompleteBuildError, match="did not finish.*run the build again"):
         anns.Collection.open(tmp_path / "c")
+
+
+@pytest.mark.parametrize("kind", ["identical", "zeros among others", "near-duplicates"])
+def test_a_build_of_alike_vectors_keeps_every_posting_under_the_cap(
+    tmp_path: Path, kind: str
+) -> None:
+    # split centroids of identical vectors are identical: nearest-centroid assignment drew
+    # all 1,000 back into one posting, over max_posting_size 128, whatever the rounds
+    rng = np.random.default_rng(0)
+    x = {
+        "identical": np.ones((1000, 8)),
+        "zeros among others": np.vstack([rng.standard_normal((3000, 8)), np.zeros((1500, 8))]),
+        "near-duplicates": np.ones((3000, 8)) + rng.standard_normal((3000, 8)) * 1e-3,
+    }[kind].astype(np.float32)
+    summary = anns.build(tmp_path / "c", x)
+    check_layout(read_layout_at(tmp_path / "c", np.arange(len(x))), np.arange(len(x)))
+    with anns.Collection.open(tmp_path / "c") as coll:
+        assert summary.posting_len_max <= coll.config.max_posting_size
+        found = coll.search(x[-5:], 10).ids
+        assert (found >= 0).all()
+        np.testing.assert_allclose(coll.get(found[0]), np.repeat(x[-1:], 10, 0), atol=0.02)
