@@ -274,7 +274,8 @@ class RemoteCollection:
         c, pb = self.client, self.client.pb
         k = check_k(k)
         q = as_vectors(queries, _model_dim(queries, self.dim), what="query")
-        request_params = pb.SearchParams(**_wire_knobs(params, knobs))
+        wire, as_given = _wire_knobs(params, knobs)
+        request_params = pb.SearchParams(**wire)
         # ids and distances of k results, their vectors and the query's figures if asked for
         per_row = (k * (12 + (4 * self.dim if return_vectors else 0))
                    + (PER_QUERY_STATS_BYTES if return_stats else 0))
@@ -285,8 +286,9 @@ class RemoteCollection:
             part = q[start:start + rows]
             resp = c.call(c.searches.Search, pb.SearchRequest(
                 collection=self.name, queries=pb.VectorBatch(data=part.tobytes(), dim=q.shape[1]),
-                k=k, params=request_params, return_vectors=return_vectors,
-                return_stats=return_stats, model=model or ""), idempotent=True)
+                k=k, params=request_params, params_as_given=as_given,
+                return_vectors=return_vectors, return_stats=return_stats, model=model or ""),
+                idempotent=True)
             ids.append(np.frombuffer(resp.ids, dtype="<i8").reshape(len(part), k))
             distances.append(np.frombuffer(resp.distances, dtype="<f4").reshape(len(part), k))
             if return_vectors:
@@ -439,18 +441,24 @@ def _model_dim(vectors: Any, base_dim: int) -> int:
     return int(shape[-1]) if len(shape) and shape[-1] else base_dim
 
 
-def _wire_knobs(params: SearchParams | None, knobs: dict[str, Any]) -> dict[str, Any]:
-    """Knobs for the wire with the library's semantics: a SearchParams given is used whole
-    (not the collection's default profile) unless it names a target_recall."""
+def _wire_knobs(
+    params: SearchParams | None, knobs: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """Knobs for the wire with the library's semantics, and whether they go as given: a
+    SearchParams given is used whole (not over the collection's default profile) unless it
+    names a target_recall."""
     fields: dict[str, Any] = {}
+    as_given = params is not None and params.target_recall is None
     if params is not None:
         if params.target_recall is not None:
             fields = params.model_dump(exclude_unset=True)
         else:
             fields = params.model_dump(exclude_none=True)
     fields.update(knobs)
-    validated(SearchParams, **fields)  # bad knobs fail here, with the library's message
-    return {name: value for name, value in fields.items() if value is not None}
+    checked = validated(SearchParams, **fields)  # bad knobs fail here, as in the library
+    as_given = as_given and checked.target_recall is None
+    wire = {name: value for name, value in fields.items() if value is not None}
+    return wire, as_given
 
 
 def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:

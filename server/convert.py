@@ -91,11 +91,19 @@ def to_proto_config(config: IndexConfig) -> pb.CollectionConfig:
     return pb.CollectionConfig(**fields)
 
 
-def from_proto_params(msg: pb.SearchParams) -> dict[str, Any]:
-    """The knobs a request sets, as keyword arguments of Collection.search (checked)."""
+def from_proto_params(
+    msg: pb.SearchParams, as_given: bool = False
+) -> SearchParams | dict[str, Any]:
+    """The knobs a request sets (checked): a SearchParams to search with as it is
+    (``as_given``), or keyword arguments of Collection.search over the default profile."""
     knobs = {fd.name: getattr(msg, fd.name) for fd in msg.DESCRIPTOR.fields
              if msg.HasField(fd.name)}
-    validated(SearchParams, **knobs)
+    params = validated(SearchParams, **knobs)
+    if as_given:
+        if "target_recall" in knobs:
+            raise InvalidArgumentError("as_given takes the knobs set as they are; "
+                                       "target_recall takes the rest from a profile: not both")
+        return params
     return knobs
 
 

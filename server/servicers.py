@@ -192,12 +192,13 @@ class SearchService(rpc.SearchServicer):
 
     def Search(self, request: pb.SearchRequest, context: Context) -> Any:
         queries = from_proto_vectors(request.queries, "queries")
-        knobs = from_proto_params(request.params)
+        knobs = from_proto_params(request.params, request.params_as_given)
         with self.registry.use(request.collection) as coll:
             self.limits.search(len(queries), request.k, queries.shape[1],
                                request.return_vectors, request.return_stats)
-            result = coll.search(queries, request.k, return_stats=True,
-                                 model=request.model or None, **knobs)
+            given = knobs if isinstance(knobs, anns.SearchParams) else None
+            result = coll.search(queries, request.k, given, return_stats=True,
+                                 model=request.model or None, **(knobs if given is None else {}))
             vectors = _result_vectors(coll, result.ids) if request.return_vectors else None
         stats = result.stats
         if stats is not None:

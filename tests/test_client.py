@@ -380,3 +380,33 @@ def test_a_remote_collection_takes_the_current_model_s_vectors(tmp_path: Path) -
                 remote.search(old[1000:1010], 5)  # the base model's, not the current one's
     finally:
         running.stop(grace=5)
+
+
+def test_search_params_given_are_used_as_given_not_over_the_tuned_profile(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    from anns.tuning import Profile
+
+    base, queries = data
+    with anns.Collection.create(tmp_path / "p", anns.IndexConfig(dim=16, **CONFIG)) as local:
+        local.add(base[:1500])
+        # a default profile far from the defaults: one posting, a rerank on 4 of 16 dims
+        local._store_profiles({0.5: Profile(0.5, {"max_postings": 1, "d_rerank": 4},
+                                            0.5, 1.0, "batch", 1, 10, 16)}, 0.5)
+        given = local.search(queries[:20], 10, anns.SearchParams())
+        profiled = local.search(queries[:20], 10)
+        knob = local.search(queries[:20], 10, anns.SearchParams(), max_postings=2)
+    assert not np.array_equal(given.ids, profiled.ids)  # else this test shows nothing
+    running = build_server(ServerConfig(root=tmp_path, port=0))
+    try:
+        running.registry.opened.wait(WAIT)
+        with anns.Client(f"127.0.0.1:{running.port}") as c:
+            remote = c.collection("p")
+            np.testing.assert_array_equal(
+                remote.search(queries[:20], 10, anns.SearchParams()).ids, given.ids)
+            np.testing.assert_array_equal(remote.search(queries[:20], 10).ids, profiled.ids)
+            np.testing.assert_array_equal(
+                remote.search(queries[:20], 10, anns.SearchParams(), max_postings=2).ids,
+                knob.ids)
+    finally:
+        running.stop(grace=5)

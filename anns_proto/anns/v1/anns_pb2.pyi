@@ -252,13 +252,14 @@ class SearchParams(_message.Message):
     def __init__(self, max_postings: _Optional[int] = ..., eps2: _Optional[float] = ..., refine_factor: _Optional[float] = ..., fetch_budget_mb: _Optional[float] = ..., d_route: _Optional[int] = ..., d_rerank: _Optional[int] = ..., target_recall: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "params", "return_vectors", "return_stats", "model")
+    __slots__ = ("collection", "queries", "k", "params", "return_vectors", "return_stats", "params_as_given", "model")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     RETURN_VECTORS_FIELD_NUMBER: _ClassVar[int]
     RETURN_STATS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_AS_GIVEN_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     collection: str
     queries: VectorBatch
@@ -266,8 +267,9 @@ class SearchRequest(_message.Message):
     params: SearchParams
     return_vectors: bool
     return_stats: bool
+    params_as_given: bool
     model: str
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[VectorBatch, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., return_vectors: _Optional[bool] = ..., return_stats: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Union[VectorBatch, _Mapping]] = ..., k: _Optional[int] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., return_vectors: _Optional[bool] = ..., return_stats: _Optional[bool] = ..., params_as_given: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class SearchStats(_message.Message):
     __slots__ = ("queries", "postings_probed", "postings_pruned", "postings_fetched", "bytes_read", "candidates_scored", "reranked", "seconds", "per_query")
