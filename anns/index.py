@@ -42,7 +42,7 @@ from anns.models import BASE, ModelVersion, Models, check_name, describe, fit_ca
 from anns.quantization import Codec, load_codec, make_codec
 from anns.retrain import TRAINED_ROWS, due, retrain
 from anns.routing import Router, balanced_clusters
-from anns.search import ReadView, SearchResult, search
+from anns.search import ReadView, SearchResult, SearchStats, search
 from anns.storage import (
     FORMAT_VERSION,
     MAX_MODEL_VERSIONS,
@@ -71,6 +71,12 @@ from anns.vectors import MAX_ID, as_ids, as_vectors, check_k, check_storable, pr
 if TYPE_CHECKING:
     from anns.backfill import BackfillReport
     from anns.rebase import RebaseReport
+
+#: Queries of a batch searched on one state of the collection (under one hold of the read
+#: lock): a larger batch goes a slice at a time, so a write waits for a slice, not the batch
+#: (a 30,000-query batch held an add back for 0.7 s). Slices this large still share most
+#: postings between their queries.
+SEARCH_SLICE = 4096
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +283,10 @@ class Collection:
         :class:`SearchResult` for the shapes, ordering and -1 padding of the result.
         ``model``: the model version that embedded the queries (default: the current one);
         they are scored against stored vectors of every version (see :mod:`anns.models`).
+
+        Each query is answered from one state of the collection. A batch of more than
+        :data:`SEARCH_SLICE` queries is searched a slice at a time, each slice on the state
+        of its start, so a write waits for one slice, not for the whole batch.
         """
         self._check_open()
         k = check_k(k)
@@ -284,20 +294,28 @@ class Collection:
         asked = self._models.get(model)
         q = as_vectors(queries, asked.dim, metric=self.config.metric, what="query",
                        of=asked.owner)
-        with self._commit.read():  # one state: the router and postings of the same write
-            self._check_open()  # a close may have landed while this search waited
-            view = self._view
-            if view is None:
-                raise EmptyCollectionError(
-                    f"collection at {self.path} is empty: nothing to search"
-                )
-            # the version as of this view (a rebase moves its map with the routing); a model
-            # change that landed since the queries were checked is checked against again
-            version = (view.models or self._models).get(model)
-            if version.dim != asked.dim:
-                q = as_vectors(queries, version.dim, metric=self.config.metric, what="query",
-                               of=version.owner)
-            ids, distances, stats = search(view, q, k, params, version)
+        parts: list[tuple[np.ndarray, np.ndarray, SearchStats]] = []
+        for start in range(0, max(len(q), 1), SEARCH_SLICE):
+            with self._commit.read():  # one state: the router and postings of the same write
+                self._check_open()  # a close may have landed while this search waited
+                view = self._view
+                if view is None:
+                    raise EmptyCollectionError(
+                        f"collection at {self.path} is empty: nothing to search"
+                    )
+                # the version as of this view (a rebase moves its map with the routing); a
+                # model change that landed since the queries were checked is checked again
+                version = (view.models or self._models).get(model)
+                if version.dim != q.shape[1]:
+                    q = as_vectors(queries, version.dim, metric=self.config.metric,
+                                   what="query", of=version.owner)
+                parts.append(search(view, q[start : start + SEARCH_SLICE], k, params, version))
+        if len(parts) == 1:
+            ids, distances, stats = parts[0]
+        else:
+            ids = np.concatenate([p[0] for p in parts])
+            distances = np.concatenate([p[1] for p in parts])
+            stats = SearchStats.joined([p[2] for p in parts])
         return SearchResult(ids, distances, stats if return_stats else None)
 
     def _search_space(self, queries: np.ndarray, k: int, params: SearchParams) -> SearchResult:

@@ -105,6 +105,12 @@ class SearchStats:
         """The figures of both calls' queries, those of ``self`` first (per_query too)."""
         return _merged([self, other])
 
+    @staticmethod
+    def joined(parts: list[SearchStats]) -> SearchStats:
+        """The figures of every part's queries, in order (one concatenation, not one per
+        part as adding them up would)."""
+        return _merged(parts)
+
 
 def _merged(parts: list[SearchStats]) -> SearchStats:
     """The figures of all parts' queries, in order: totals summed, per-query figures

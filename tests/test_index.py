@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -859,3 +860,38 @@ def test_retrain_keeps_every_vector_and_deletion_and_refuses_mixed_versions(
                    force=True)
     with pytest.raises(FailedPreconditionError, match="rebase"):
         coll.retrain()
+
+
+def test_a_batch_is_searched_a_slice_at_a_time_and_a_write_lands_between_slices(
+    coll: anns.Collection, small: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base, _ = small
+    queries = base[:40] + 0.01
+    whole = coll.search(queries, 5, return_stats=True)
+    monkeypatch.setattr(anns.index, "SEARCH_SLICE", 4)
+    sliced = coll.search(queries, 5, return_stats=True)
+    np.testing.assert_array_equal(sliced.ids, whole.ids)
+    np.testing.assert_allclose(sliced.distances, whole.distances, rtol=1e-5, atol=1e-6)
+    assert sliced.stats is not None and whole.stats is not None
+    assert sliced.stats.queries == 40
+    np.testing.assert_array_equal(sliced.stats.per_query.bytes_read,
+                                  whole.stats.per_query.bytes_read)
+
+    real = anns.index.search
+    slices: list[float] = []
+
+    def slow(*args: object) -> object:  # each slice takes 50 ms: the batch about 0.5 s
+        time.sleep(0.05)
+        slices.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(anns.index, "search", slow)
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(coll.search, queries, 5)
+        while not slices:
+            time.sleep(0.005)
+        coll.add(base[:1] + 5.0, [9000])  # waits for one slice at most
+        added = time.monotonic()
+        batch.result(30)
+    assert added < slices[-1], "the add waited for the whole batch"
